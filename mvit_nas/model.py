@@ -1,0 +1,224 @@
+"""``build_model(cfg)``: an :class:`ArchConfig` becomes a MobileViT ``nn.Module``.
+
+Module names follow timm's ``mobilevit_*`` (``stem``, ``stages.{i}.{j}``,
+``final_conv``, ``head.fc``), so timm's published weights load unchanged and
+:func:`from_timm` / :func:`to_timm` are key-for-key identities that only check
+the layout.
+
+Example::
+
+    model = build_model(preset("xxs")).eval()
+    logits = model(torch.randn(1, 3, 256, 256))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mvit_nas.config import ArchConfig, MobileViTStageConfig, make_divisible
+from mvit_nas.errors import InputError
+
+
+class ConvNormAct(nn.Sequential):
+    """Bias-free conv -> BatchNorm -> optional SiLU."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1, act: bool = True
+    ) -> None:
+        super().__init__()
+        padding = ((stride - 1) + (kernel_size - 1)) // 2  # timm's symmetric "same" padding
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.SiLU() if act else nn.Identity()
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise (strided), linear 1x1 project."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = make_divisible(in_channels * expansion)
+        self.conv1_1x1 = ConvNormAct(in_channels, hidden, 1)
+        self.conv2_kxk = ConvNormAct(hidden, hidden, 3, stride, groups=hidden)
+        self.conv3_1x1 = ConvNormAct(hidden, out_channels, 1, act=False)
+        self.has_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv3_1x1(self.conv2_kxk(self.conv1_1x1(x)))
+        return out + x if self.has_residual else out
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection (fused SDPA kernel)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        x = x.transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer: x + MHSA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, ffn_dim, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MobileViTBlock(nn.Module):
+    """Local 3x3 conv, global attention over unfolded patches, fusion with the input."""
+
+    def __init__(self, channels: int, stage: MobileViTStageConfig, dropout: float) -> None:
+        super().__init__()
+        dim = stage.transformer_channels
+        self.patch_h, self.patch_w = stage.patch_h, stage.patch_w
+        self.conv_kxk = ConvNormAct(channels, channels, 3)
+        self.conv_1x1 = nn.Conv2d(channels, dim, 1, bias=False)
+        self.transformer = nn.Sequential(
+            *[TransformerLayer(dim, stage.ffn_dim, stage.num_heads, dropout) for _ in range(stage.transformer_blocks)]
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.conv_proj = ConvNormAct(dim, channels, 1)
+        self.conv_fusion = ConvNormAct(2 * channels, channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_1x1(self.conv_kxk(x))
+        batch, dim, height, width = x.shape
+        patch_h, patch_w = self.patch_h, self.patch_w
+        # Attention needs whole patches: resize up to the next multiple, and back afterwards.
+        new_h, new_w = math.ceil(height / patch_h) * patch_h, math.ceil(width / patch_w) * patch_w
+        resized = (new_h, new_w) != (height, width)
+        if resized:
+            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        rows, cols = new_h // patch_h, new_w // patch_w
+        # Unfold: each of the patch_h*patch_w pixel positions attends over the rows*cols patches.
+        x = x.reshape(batch, dim, rows, patch_h, cols, patch_w).permute(0, 3, 5, 2, 4, 1)
+        x = x.reshape(batch * patch_h * patch_w, rows * cols, dim)
+        x = self.norm(self.transformer(x))
+        # Fold back to (batch, dim, height, width).
+        x = x.reshape(batch, patch_h, patch_w, rows, cols, dim).permute(0, 5, 3, 1, 4, 2)
+        x = x.reshape(batch, dim, new_h, new_w)
+        if resized:
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        x = self.conv_proj(x)
+        return self.conv_fusion(torch.cat((shortcut, x), dim=1))
+
+
+class ClassifierHead(nn.Module):
+    def __init__(self, in_features: int, num_classes: int, dropout: float) -> None:
+        super().__init__()
+        self.global_pool = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.global_pool(x).flatten(1)))
+
+
+class MobileViT(nn.Module):
+    """MobileViT v1 for any :class:`ArchConfig`; input (B, 3, H, W), any H, W >= 32."""
+
+    def __init__(self, cfg: ArchConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stem = ConvNormAct(3, cfg.stem_channels, 3, stride=2)
+        stages: list[nn.Sequential] = []
+        channels = cfg.stem_channels
+        for stride, stage in ((1, cfg.layer1), (2, cfg.layer2)):
+            blocks = []
+            for index in range(stage.num_blocks):
+                blocks.append(InvertedResidual(channels, stage.out_channels, stride if index == 0 else 1, stage.mv2_exp))
+                channels = stage.out_channels
+            stages.append(nn.Sequential(*blocks))
+        for stage in cfg.vit_stages:
+            mv2 = InvertedResidual(channels, stage.out_channels, 2, stage.mv2_exp)
+            channels = stage.out_channels
+            stages.append(nn.Sequential(mv2, MobileViTBlock(channels, stage, cfg.transformer_dropout)))
+        self.stages = nn.Sequential(*stages)
+        self.final_conv = ConvNormAct(channels, cfg.final_channels, 1)
+        self.head = ClassifierHead(cfg.final_channels, cfg.num_classes, cfg.classifier_dropout)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_conv(self.stages(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+def build_model(cfg: ArchConfig) -> MobileViT:
+    """Build the MobileViT that ``cfg`` describes (weights freshly initialised).
+
+    Example::
+
+        model = build_model(preset("s"))
+        sum(p.numel() for p in model.parameters())  # 5_578_632
+    """
+    return MobileViT(cfg)
+
+
+def _check_layout(state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None) -> None:
+    if reference is None:
+        return
+    missing = sorted(set(reference) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(reference))
+    if missing or unexpected:
+        raise InputError("state_dict", f"layout differs: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for key, tensor in reference.items():
+        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+            raise InputError(
+                f"state_dict[{key!r}]", f"shape {tuple(state_dict[key].shape)} != expected {tuple(tensor.shape)}"
+            )
+
+
+def from_timm(
+    state_dict: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """timm ``mobilevit_*`` state dict -> one :func:`build_model` accepts.
+
+    The layouts are the same by construction, so this copies the mapping (dropping
+    a ``module.`` prefix left by DataParallel) and, given ``reference`` (e.g.
+    ``build_model(cfg).state_dict()``), checks keys and shapes.
+    """
+    converted = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    _check_layout(converted, reference)
+    return converted
+
+
+def to_timm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our state dict -> timm's ``mobilevit_*`` layout (the same keys)."""
+    return dict(state_dict)

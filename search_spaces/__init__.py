@@ -1,0 +1,1 @@
+"""Bundled search spaces (YAML), installed as mvit_nas.search_spaces."""

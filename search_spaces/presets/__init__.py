@@ -1,0 +1,1 @@
+"""The published MobileViT variants as ArchConfig YAML files."""
