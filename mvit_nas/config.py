@@ -185,7 +185,7 @@ class ArchConfig:
         _check_rate("classifier_dropout", self.classifier_dropout)
         _check_rate("transformer_dropout", self.transformer_dropout)
         sizes = stage_sizes(self.resolution, self.resolution)
-        for name, (height, width) in zip(("layer3", "layer4", "layer5"), sizes[3:]):
+        for name, (height, width) in zip(("layer3", "layer4", "layer5"), sizes[3:], strict=True):
             stage = getattr(self, name)
             for field, patch, size in (("patch_h", stage.patch_h, height), ("patch_w", stage.patch_w, width)):
                 if patch > size:
@@ -294,4 +294,3 @@ def preset(name: str) -> ArchConfig:
     if name not in PRESETS:
         raise InputError("variant", f"must be one of {', '.join(PRESETS)}, got {name!r}")
     return load_config(spaces_dir() / "presets" / f"{name}.yaml")
-

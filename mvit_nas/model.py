@@ -162,7 +162,8 @@ class MobileViT(nn.Module):
         for stride, stage in ((1, cfg.layer1), (2, cfg.layer2)):
             blocks = []
             for index in range(stage.num_blocks):
-                blocks.append(InvertedResidual(channels, stage.out_channels, stride if index == 0 else 1, stage.mv2_exp))
+                block_stride = stride if index == 0 else 1
+                blocks.append(InvertedResidual(channels, stage.out_channels, block_stride, stage.mv2_exp))
                 channels = stage.out_channels
             stages.append(nn.Sequential(*blocks))
         for stage in cfg.vit_stages:
