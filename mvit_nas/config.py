@@ -264,11 +264,14 @@ def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
         raise InputError(what, f"file {str(path)!r} is not readable") from None
     except UnicodeDecodeError:
         raise InputError(what, f"file {str(path)!r} is not UTF-8 text") from None
+    # JSON is read as JSON: YAML 1.1 would take a number like 1e-05 for a string.
+    is_json = path.suffix == ".json"
     try:
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, RecursionError) as error:
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as error:
         problem = getattr(error, "problem", None) or type(error).__name__
-        raise InputError(what, f"file {str(path)!r} is not valid YAML ({problem})") from None
+        language = "JSON" if is_json else "YAML"
+        raise InputError(what, f"file {str(path)!r} is not valid {language} ({problem})") from None
     if not isinstance(data, dict):
         raise InputError(what, f"file {str(path)!r} must hold a mapping, got {type(data).__name__}")
     return data
@@ -276,7 +279,7 @@ def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
 
 def load_config(path: str | Path) -> ArchConfig:
     """Read an :class:`ArchConfig` from a YAML or JSON file."""
-    return ArchConfig.from_dict(read_mapping(path, "config"))
+    return ArchConfig.from_dict(read_mapping(path, "--config"))
 
 
 def spaces_dir() -> Path:

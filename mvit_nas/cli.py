@@ -1,0 +1,311 @@
+"""``mvit-nas``: parse arguments, call the package, print. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from mvit_nas.errors import InputError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="auto | eager | onnxruntime | cudagraph | compile (default: onnxruntime on CPU, cudagraph on CUDA)",
+    )
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for latency (default: all cores)")
+
+
+def _load_arch(args: argparse.Namespace) -> Any:
+    from mvit_nas.config import load_config, preset
+
+    return preset(args.variant) if args.variant else load_config(args.config)
+
+
+def _cmd_space(args: argparse.Namespace) -> None:
+    from mvit_nas.config import PRESETS, preset
+    from mvit_nas.space import load_space
+
+    space = load_space(args.space)
+    seeds = {name: space.contains(preset(name)) for name in PRESETS}
+    if args.json:
+        knobs = {knob: list(values) for knob, values in space.choices.items()}
+        print(json.dumps({"name": space.name, "architectures": space.cardinality, "knobs": knobs, "seeds": seeds}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"search space {space.name}: {space.cardinality:,} architectures ({space.cardinality:.2e})")
+    table.add_column("knob")
+    table.add_column("choices")
+    for knob, values in space.choices.items():
+        table.add_row(knob, ", ".join(str(value) for value in values))
+    console = Console()
+    console.print(table)
+    for name, inside in seeds.items():
+        console.print(f"seed {name}: {'inside the space' if inside else 'NOT in the space'}")
+
+
+def _cmd_profile(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from mvit_nas.latency import resolve_spec
+    from mvit_nas.profiler import profile
+
+    cfg = _load_arch(args)
+    resolution = args.resolution or cfg.resolution
+    spec = resolve_spec(
+        device=args.device,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        height=resolution,
+        threads=args.threads,
+    )
+    report = profile(dataclasses.replace(cfg, resolution=resolution), spec)
+    result = report.to_dict()
+    if args.json:
+        print(json.dumps(result))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    latency = result["latency_ms"]
+    name = args.variant or args.config
+    table = Table(title=f"{name} @ {resolution} px, batch {spec.batch_size}", show_header=False)
+    table.add_row("parameters", f"{result['params']:,}")
+    table.add_row("multiply-adds", f"{result['flops'] / 1e9:.3f} G ({result['flops']:,})")
+    table.add_row(
+        f"latency ({spec.device}, {spec.backend}, {spec.threads} threads)",
+        f"median {latency['median']:.2f} ms  p10 {latency['p10']:.2f}  p90 {latency['p90']:.2f}  (n={latency['n']})",
+    )
+    peak = result["peak_memory_mb"]
+    table.add_row("peak memory", "n/a for this backend" if peak is None else f"{peak:.1f} MB")
+    Console().print(table)
+
+
+class SearchProgress:
+    """A rich progress bar: trials finished, how many fit the budget, the current front size."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("search"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+        )
+        self._task = self._progress.add_task("search", total=total, status="starting")
+
+    def __enter__(self) -> SearchProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def update(self, study: Any) -> None:
+        from mvit_nas.search import is_finished
+
+        trials = study.get_trials(deepcopy=False)
+        finished = sum(is_finished(t) for t in trials)
+        feasible = sum(bool(t.user_attrs.get("feasible")) and not t.user_attrs.get("failure") for t in trials)
+        status = f"feasible {feasible}  front {len(study.best_trials)}"
+        self._progress.update(self._task, completed=finished, status=status)
+
+
+def _default_run_dir(args: argparse.Namespace) -> str:
+    # Deterministic, so that re-running the same command resumes the same run.
+    return os.path.join("results", f"search-{args.budget_ms:g}ms-seed{args.seed}")
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mvit_nas.config import read_mapping
+    from mvit_nas.export import export_run
+    from mvit_nas.latency import resolve_spec
+    from mvit_nas.proxy import ProxySpec
+    from mvit_nas.search import SearchSettings, search
+
+    spec = resolve_spec(device=args.device, backend=args.backend, threads=args.threads)
+    proxy = ProxySpec(kind=args.proxy, seed=args.seed)
+    if args.epochs is not None:
+        proxy = dataclasses.replace(proxy, epochs=args.epochs)
+    settings = SearchSettings(
+        budget_ms=args.budget_ms,
+        space=read_mapping(args.space, "--space") if args.space else None,
+        latency=spec,
+        proxy=proxy,
+        dataset=args.dataset,
+        sampler=args.sampler,
+        seed=args.seed,
+    )
+    run_dir = args.run_dir or _default_run_dir(args)
+    with SearchProgress(total=args.trials) as progress:
+        outcome = search(
+            settings,
+            run_dir,
+            trials=args.trials,
+            timeout=args.timeout,
+            workers=args.workers,
+            address=args.address,
+            trial_timeout=args.trial_timeout,
+            progress=progress.update,
+        )
+    if outcome.interrupted:
+        print(f"stopped after {outcome.finished} finished trials; rerun the same command to resume", file=sys.stderr)
+        return 130
+    exported = export_run(run_dir)
+    front = f"Pareto front: {exported.front_size} points within {args.budget_ms:g} ms"
+    print(f"{outcome.finished} trials in {run_dir}; {front}")
+    print(f"see {os.path.join(run_dir, 'summary.md')} and {os.path.join(run_dir, 'pareto.png')}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from mvit_nas.export import export_run
+
+    result = export_run(args.run_dir, out_dir=args.out, formats=tuple(args.format))
+    for path in result.paths:
+        print(path)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    import torch
+
+    from mvit_nas.config import load_config
+    from mvit_nas.data import load_dataset, parse_dataset_spec
+    from mvit_nas.proxy import train
+
+    cfg = load_config(args.config)
+    data = load_dataset(parse_dataset_spec(args.dataset), args.resolution)
+    init = None
+    if args.init:
+        try:
+            init = torch.load(args.init, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as error:
+            raise InputError("--init", f"cannot read {args.init!r} as a state dict ({error})") from None
+    out = args.out or os.path.join("results", "train", os.path.splitext(os.path.basename(args.config))[0])
+    result = train(
+        dataclasses.replace(cfg, num_classes=data.num_classes),
+        data,
+        epochs=args.epochs,
+        resolution=args.resolution,
+        seed=args.seed,
+        init_state_dict=init,
+        checkpoint_dir=out,
+    )
+    print(f"top-1 accuracy {result.accuracy:.4f} after {result.epochs} epochs; checkpoints in {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mvit-nas", description="Hardware-aware architecture search for MobileViT.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    space = commands.add_parser("space", help="describe a search space: size, choices, seeds inside")
+    space.add_argument("--space", help="space YAML file (default: the bundled mobilevit_v1.yaml)")
+    space.add_argument("--json", action="store_true", help="print one JSON object")
+    space.set_defaults(run=_cmd_space)
+
+    profile = commands.add_parser("profile", help="parameters, multiply-adds, latency and memory of one model")
+    which = profile.add_mutually_exclusive_group(required=True)
+    which.add_argument("--variant", choices=("xxs", "xs", "s"), help="a published MobileViT")
+    which.add_argument("--config", help="an ArchConfig YAML or JSON file (e.g. exported by a search)")
+    profile.add_argument("--resolution", type=_positive_int, help="input size in px (default: the config's)")
+    profile.add_argument("--batch-size", type=_positive_int, default=1)
+    _add_device_args(profile)
+    profile.add_argument("--json", action="store_true", help="print one JSON object")
+    profile.set_defaults(run=_cmd_profile)
+
+    search = commands.add_parser("search", help="search the accuracy-latency Pareto front under a latency budget")
+    search.add_argument("--budget-ms", type=float, required=True, help="latency budget per image batch, in ms")
+    search.add_argument("--space", help="search space YAML (default: the bundled mobilevit_v1.yaml)")
+    search.add_argument("--trials", type=_positive_int, default=24, help="finished trials to reach (default: 24)")
+    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    search.add_argument("--trial-timeout", type=float, help="fail a trial that runs longer than this (seconds)")
+    search.add_argument("--workers", type=_positive_int, default=2, help="concurrent trials (default: 2)")
+    _add_device_args(search)
+    search.add_argument("--dataset", default="synthetic", help="synthetic | cifar10:PATH | cifar100:PATH | folder:PATH")
+    search.add_argument("--proxy", default="train", help="train | synflow | naswot | grad_norm (default: train)")
+    search.add_argument("--epochs", type=float, help="proxy training epochs (default: the proxy's own)")
+    search.add_argument("--sampler", default="tpe", help="tpe | nsga2 | random (default: tpe)")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument(
+        "--run-dir", help="run folder; the same folder resumes (default: results/search-<budget>ms-seed<seed>)"
+    )
+    search.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
+    search.set_defaults(run=_cmd_search)
+
+    export = commands.add_parser("export", help="write the run's tables, plot, summary and front configs/models")
+    export.add_argument("--run-dir", required=True)
+    export.add_argument(
+        "--format", action="append", default=None, help="yaml | json | onnx | timm (repeatable; default: yaml)"
+    )
+    export.add_argument("--out", help="output folder (default: the run folder)")
+    export.set_defaults(run=_cmd_export)
+
+    train = commands.add_parser("train", help="train one config (e.g. a front point) for as long as you like")
+    train.add_argument("--config", required=True, help="an ArchConfig YAML or JSON file")
+    train.add_argument("--dataset", default="synthetic", help="synthetic | cifar10:PATH | cifar100:PATH | folder:PATH")
+    train.add_argument("--epochs", type=_positive_int, default=10)
+    train.add_argument("--resolution", type=_positive_int, default=64, help="training resolution in px (default: 64)")
+    train.add_argument("--init", help="initial weights: a state dict in timm's mobilevit layout (.pth)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", help="checkpoint folder; the same folder resumes (default: results/train/<config>)")
+    train.set_defaults(run=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status = args.run(args)
+    except InputError as error:
+        print(f"mvit-nas {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"mvit-nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if os.environ.get("MVIT_NAS_DEBUG"):
+            raise
+        print(
+            f"mvit-nas {args.command}: internal error: {type(error).__name__}: {error} "
+            "(set MVIT_NAS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    return EXIT_OK if status is None else status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

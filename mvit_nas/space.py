@@ -1,0 +1,190 @@
+"""Search spaces: a YAML file of per-knob choices, sampled into :class:`ArchConfig`.
+
+A space file names, for every knob of :class:`ArchConfig`, the list of values
+to search (a single value fixes the knob). The one difference from the config
+fields is ``ffn_ratio``: a MobileViT stage's ``ffn_dim`` is searched as a
+multiple of its ``transformer_channels`` (the published models use 2), so that
+every combination of choices is a valid architecture. Loading checks exactly
+that, so the space is a plain product: the sampler never proposes an invalid
+model, and the number of architectures is the product of the choice counts.
+
+Example::
+
+    space = load_space()                     # the bundled mobilevit_v1.yaml
+    study.enqueue_trial(space.params_of(preset("xxs")))
+    cfg = space.sample(trial)                # inside an Optuna objective
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from mvit_nas.config import (
+    ArchConfig,
+    MobileViTStageConfig,
+    MV2StageConfig,
+    read_mapping,
+    spaces_dir,
+)
+from mvit_nas.errors import InputError
+
+DEFAULT_SPACE = "mobilevit_v1.yaml"
+MV2_STAGES = ("layer1", "layer2")
+VIT_STAGES = ("layer3", "layer4", "layer5")
+TRAINING_KNOBS = ("classifier_dropout", "transformer_dropout")
+TOP_KNOBS = ("resolution", "stem_channels", "last_layer_exp_factor", "classifier_dropout", "transformer_dropout")
+MV2_KNOBS = tuple(f.name for f in dataclasses.fields(MV2StageConfig))
+VIT_KNOBS = tuple("ffn_ratio" if f.name == "ffn_dim" else f.name for f in dataclasses.fields(MobileViTStageConfig))
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A product of per-knob choices. Knob names are dotted: ``layer3.num_heads``."""
+
+    name: str
+    choices: dict[str, tuple[Any, ...]]
+
+    @property
+    def cardinality(self) -> int:
+        """Number of distinct architectures (every combination is valid)."""
+        return math.prod(len(values) for values in self.choices.values())
+
+    @property
+    def searched_knobs(self) -> dict[str, tuple[Any, ...]]:
+        return {knob: values for knob, values in self.choices.items() if len(values) > 1}
+
+    def decode(self, params: dict[str, Any], num_classes: int = 1000) -> ArchConfig:
+        """Knob values (one per knob; fixed knobs may be omitted) -> ArchConfig."""
+        values = {knob: params.get(knob, choices[0]) for knob, choices in self.choices.items()}
+        stages: dict[str, Any] = {}
+        for stage in MV2_STAGES:
+            stages[stage] = MV2StageConfig(**{knob: values[f"{stage}.{knob}"] for knob in MV2_KNOBS})
+        for stage in VIT_STAGES:
+            fields = {knob: values[f"{stage}.{knob}"] for knob in VIT_KNOBS}
+            fields["ffn_dim"] = fields.pop("ffn_ratio") * fields["transformer_channels"]
+            stages[stage] = MobileViTStageConfig(**fields)
+        top = {knob: values[knob] for knob in TOP_KNOBS}
+        return ArchConfig(**stages, **top, num_classes=num_classes)
+
+    def sample(self, trial: optuna.Trial, num_classes: int = 1000) -> ArchConfig:
+        """Suggest every searched knob on ``trial`` (categorical) and decode."""
+        params = {knob: trial.suggest_categorical(knob, list(values)) for knob, values in self.searched_knobs.items()}
+        return self.decode(params, num_classes)
+
+    def params_of(self, cfg: ArchConfig) -> dict[str, Any]:
+        """The searched knob values of ``cfg`` (for ``study.enqueue_trial``); InputError if outside.
+
+        Dropouts are training settings, not architecture: a value outside the space's
+        choices is left for the sampler rather than rejected.
+        """
+        params = {}
+        for knob, value in _knob_values(cfg).items():
+            if value in self.choices[knob]:
+                if knob in self.searched_knobs:
+                    params[knob] = value
+            elif knob not in TRAINING_KNOBS:
+                raise InputError(knob, f"{value!r} is not among the space's choices {list(self.choices[knob])}")
+        return params
+
+    def contains(self, cfg: ArchConfig) -> bool:
+        """Whether ``cfg``'s architecture is a point of this space (dropouts and classes aside)."""
+        return all(
+            value in self.choices[knob] or knob in TRAINING_KNOBS for knob, value in _knob_values(cfg).items()
+        )
+
+
+def _knob_values(cfg: ArchConfig) -> dict[str, Any]:
+    params: dict[str, Any] = {knob: getattr(cfg, knob) for knob in TOP_KNOBS}
+    for stage in MV2_STAGES:
+        for knob in MV2_KNOBS:
+            params[f"{stage}.{knob}"] = getattr(getattr(cfg, stage), knob)
+    for stage in VIT_STAGES:
+        stage_cfg = getattr(cfg, stage)
+        for knob in VIT_KNOBS:
+            if knob == "ffn_ratio":
+                ratio = stage_cfg.ffn_dim / stage_cfg.transformer_channels
+                params[f"{stage}.{knob}"] = int(ratio) if ratio.is_integer() else ratio
+            else:
+                params[f"{stage}.{knob}"] = getattr(stage_cfg, knob)
+    return params
+
+
+def _choice_list(knob: str, raw: Any) -> tuple[Any, ...]:
+    values = raw if isinstance(raw, list) else [raw]
+    if not values:
+        raise InputError(knob, "choice list is empty; give at least one value")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(knob, f"choices must be numbers, got {value!r}")
+    if len(set(values)) != len(values):
+        raise InputError(knob, f"choices repeat a value: {values}")
+    return tuple(values)
+
+
+def _stage_choices(stage: str, raw: Any, knobs: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
+    if not isinstance(raw, dict):
+        raise InputError(stage, f"must be a mapping of knob -> choices, got {type(raw).__name__}")
+    for key in raw:
+        if key not in knobs:
+            raise InputError(f"{stage}.{key}", f"unknown key; allowed keys are {', '.join(knobs)}")
+    missing = [knob for knob in knobs if knob not in raw]
+    if missing:
+        raise InputError(f"{stage}.{missing[0]}", "is required")
+    return {f"{stage}.{knob}": _choice_list(f"{stage}.{knob}", raw[knob]) for knob in knobs}
+
+
+def _check_stage_combinations(stage: str, choices: dict[str, tuple[Any, ...]]) -> None:
+    """Every combination of a stage's choices must be a valid stage (errors name the knob)."""
+    knobs = MV2_KNOBS if stage in MV2_STAGES else VIT_KNOBS
+    for ratio in choices.get(f"{stage}.ffn_ratio", ()):
+        if not (isinstance(ratio, int) and ratio >= 1):
+            raise InputError(f"{stage}.ffn_ratio", f"choices must be integers >= 1 (ffn_dim >= dim), got {ratio!r}")
+    for combination in itertools.product(*(choices[f"{stage}.{knob}"] for knob in knobs)):
+        fields = dict(zip(knobs, combination, strict=True))
+        if stage in MV2_STAGES:
+            MV2StageConfig(**fields).validate(stage)
+        else:
+            fields["ffn_dim"] = fields.pop("ffn_ratio") * fields["transformer_channels"]
+            MobileViTStageConfig(**fields).validate(stage)
+
+
+def parse_space(data: dict[str, Any], name: str = "space") -> SearchSpace:
+    """Validate a space mapping (as read from YAML) and return the :class:`SearchSpace`."""
+    allowed = ("name", *TOP_KNOBS, *MV2_STAGES, *VIT_STAGES)
+    for key in data:
+        if key not in allowed:
+            raise InputError(str(key), f"unknown key; allowed keys are {', '.join(allowed)}")
+    for key in allowed[1:]:
+        if key not in data:
+            raise InputError(key, "is required")
+    choices: dict[str, tuple[Any, ...]] = {knob: _choice_list(knob, data[knob]) for knob in TOP_KNOBS}
+    for stage in MV2_STAGES:
+        choices |= _stage_choices(stage, data[stage], MV2_KNOBS)
+    for stage in VIT_STAGES:
+        choices |= _stage_choices(stage, data[stage], VIT_KNOBS)
+    for stage in (*MV2_STAGES, *VIT_STAGES):
+        _check_stage_combinations(stage, choices)
+    space = SearchSpace(name=str(data.get("name", name)), choices=choices)
+    # Cross-stage and top-level rules (resolution range, patch vs feature map, dropouts) are
+    # monotone, so checking each top-level choice against the largest patches covers every point.
+    largest_patches = {knob: max(values) for knob, values in choices.items() if knob.endswith(("patch_h", "patch_w"))}
+    for knob in TOP_KNOBS:
+        for value in choices[knob]:
+            params = {**largest_patches, knob: value}
+            if knob != "resolution":
+                params["resolution"] = min(choices["resolution"])
+            space.decode(params)
+    return space
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    """Load and validate a space file; ``None`` gives the bundled default space."""
+    path = spaces_dir() / DEFAULT_SPACE if path is None else Path(path)
+    return parse_space(read_mapping(path, "--space"), name=path.stem)
