@@ -192,7 +192,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> None:
     from mvit_nas.export import export_run
 
-    result = export_run(args.run_dir, out_dir=args.out, formats=tuple(args.format))
+    result = export_run(args.run_dir, out_dir=args.out, formats=tuple(args.format or ("yaml",)))
     for path in result.paths:
         print(path)
 

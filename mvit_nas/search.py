@@ -33,6 +33,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,19 +135,18 @@ def _dataset(spec: DatasetSpec, resolution: int, cache_dir: str) -> Any:
     return load_dataset(spec, resolution, cache_dir=Path(cache_dir))
 
 
-def _inject_fault(trial_number: int) -> None:
+def _inject_fault(trial_number: int, proxy: ProxySpec) -> ProxySpec:
     """Test-only hook: ``MVIT_NAS_TEST_FAULTS="3:raise,5:nan,..."`` makes trial 3 raise, and so on.
 
-    Faults are real: ``raise`` raises, ``nan`` poisons the proxy with a NaN loss,
-    ``oom`` allocates far more memory than the machine has, ``sleep`` sleeps past
-    any trial timeout, ``kill`` SIGKILLs the worker process running the trial.
+    Faults are real: ``raise`` raises, ``nan`` trains with a learning rate of 1e12
+    so that the loss really diverges, ``oom`` allocates far more memory than the
+    machine has, ``sleep`` sleeps past any trial timeout, ``kill`` SIGKILLs the
+    worker process running the trial.
     """
     faults = dict(item.split(":", 1) for item in os.environ.get(FAULT_ENV, "").split(",") if ":" in item)
     fault = faults.get(str(trial_number))
     if fault == "raise":
         raise RuntimeError(f"injected fault in trial {trial_number}")
-    if fault == "nan":
-        raise TrialFailed("diverged: loss is nan (injected)")
     if fault == "oom":
         import torch
 
@@ -155,6 +155,9 @@ def _inject_fault(trial_number: int) -> None:
         time.sleep(3600)
     if fault == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault == "nan":
+        return dataclasses.replace(proxy, lr=1e12, warmup_fraction=0.0)
+    return proxy
 
 
 def evaluate(trial_number: int, config: dict[str, Any], settings: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -167,7 +170,7 @@ def evaluate(trial_number: int, config: dict[str, Any], settings: dict[str, Any]
     started = time.perf_counter()
     run_settings = SearchSettings.from_dict(settings)
     cfg = ArchConfig.from_dict(config)
-    _inject_fault(trial_number)
+    proxy_spec = _inject_fault(trial_number, run_settings.proxy)
     cost = count_cost(cfg)
     lock = DeviceLock(Path(run_dir) / DEVICE_LOCK_FILE)
     spec = dataclasses.replace(run_settings.latency, height=cfg.resolution, width=cfg.resolution)
@@ -183,7 +186,7 @@ def evaluate(trial_number: int, config: dict[str, Any], settings: dict[str, Any]
     if result["feasible"]:
         data = _dataset(run_settings.dataset_spec(), run_settings.proxy.resolution, str(Path(run_dir) / "data"))
         try:
-            proxy = evaluate_proxy(cfg, run_settings.proxy, data, step_guard=lock.shared)
+            proxy = evaluate_proxy(cfg, proxy_spec, data, step_guard=lock.shared)
             result["accuracy"] = proxy.score
             result["proxy_seconds"] = proxy.seconds
         except TrialFailed as error:
@@ -348,10 +351,13 @@ def open_study(run_dir: str | Path, settings: SearchSettings | None = None) -> o
             sampler=sampler,
             directions=["maximize", "minimize"],
         )
-        study.set_metric_names(list(OBJECTIVES))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVES))
         space = settings.search_space()
-        for name in PRESETS:
-            study.enqueue_trial(space.params_of(preset(name)), user_attrs={"seed": name})
+        for name in PRESETS:  # a custom space may leave some seeds out
+            if space.contains(preset(name)):
+                study.enqueue_trial(space.params_of(preset(name)), user_attrs={"seed": name})
     return study
 
 
@@ -464,6 +470,9 @@ def search(
     run_dir = Path(run_dir)
     space = settings.search_space()
     dataset_spec = settings.dataset_spec()
+    # A real dataset is checked (path, layout) before anything is written; the generated
+    # one is made inside the run folder, where it is cached for the workers.
+    data = None if dataset_spec.kind == "synthetic" else load_dataset(dataset_spec, settings.proxy.resolution)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -472,8 +481,8 @@ def search(
         raise InputError("--run-dir", f"{run_dir} is not writable")
     with _exclusive_run(run_dir):
         _check_storage(run_dir)
-        # Validate the dataset (and cache it for the workers) before any trial starts.
-        data = load_dataset(dataset_spec, settings.proxy.resolution, cache_dir=run_dir / "data")
+        if data is None:
+            data = load_dataset(dataset_spec, settings.proxy.resolution, cache_dir=run_dir / "data")
         _prepare_run(run_dir, settings)
         study = open_study(run_dir, settings)
         _requeue_interrupted(study)
@@ -521,6 +530,8 @@ class _Driver:
             if t.state == TrialState.COMPLETE and "config_key" in t.user_attrs
         }
         self.in_flight: dict[Any, tuple[optuna.Trial, float]] = {}
+        # config key -> trials asked for a config that is being evaluated right now
+        self.waiting: dict[str, list[optuna.Trial]] = {}
         self.pool: LocalExecutor | RayExecutor | None = None
 
     def run(self) -> SearchOutcome:
@@ -532,7 +543,7 @@ class _Driver:
                 while (
                     not timed_out
                     and len(self.in_flight) < self.options.workers
-                    and self.finished + len(self.in_flight) < self.options.trials
+                    and self._started() < self.options.trials
                 ):
                     self._start_trial()
                 if not self.in_flight:
@@ -540,7 +551,7 @@ class _Driver:
                 self._collect()
         except KeyboardInterrupt:
             interrupted = True
-            for trial, _ in self.in_flight.values():
+            for trial in [t for t, _ in self.in_flight.values()] + [t for ts in self.waiting.values() for t in ts]:
                 _fail(self.study, trial, INTERRUPTED)
         finally:
             if self.pool is not None:
@@ -554,11 +565,14 @@ class _Driver:
         trial.set_user_attr("config", cfg.to_dict())
         trial.set_user_attr("config_key", key)
         if key in self.evaluated:  # already evaluated in this run: reuse, don't re-measure or re-train
-            original = self.evaluated[key]
-            result = {k: original.get(k) for k in ("params", "flops", "latency", "feasible", "accuracy")}
-            trial.set_user_attr("duplicate_of", original.get("trial_number"))
-            self._finish(trial, result | {"failure": None, "duration_s": 0.0})
+            self._finish_duplicate(trial, self.evaluated[key])
             return
+        if any(t.user_attrs.get("config_key") == key for t, _ in self.in_flight.values()):
+            self.waiting.setdefault(key, []).append(trial)
+            return
+        self._submit(trial, cfg)
+
+    def _submit(self, trial: optuna.Trial, cfg: ArchConfig) -> None:
         if self.pool is None:
             if self.options.executor == "local":
                 self.pool = LocalExecutor()
@@ -574,8 +588,7 @@ class _Driver:
             try:
                 result = self.pool.result(handle)
             except Exception as error:  # the trial's own failure: record it, the search goes on
-                _fail(self.study, trial, _describe(error))
-                self._count()
+                self._failed(trial, _describe(error))
             else:
                 self._finish(trial, result)
         if self.options.trial_timeout is not None:
@@ -584,15 +597,34 @@ class _Driver:
                 if now - submitted > self.options.trial_timeout:
                     self.pool.cancel(handle)
                     del self.in_flight[handle]
-                    _fail(self.study, trial, f"timeout: ran longer than {self.options.trial_timeout:g} s")
-                    self._count()
+                    self._failed(trial, f"timeout: ran longer than {self.options.trial_timeout:g} s")
+
+    def _started(self) -> int:
+        return self.finished + len(self.in_flight) + sum(len(trials) for trials in self.waiting.values())
 
     def _finish(self, trial: optuna.Trial, result: dict[str, Any]) -> None:
         result = {**result, "trial_number": trial.number}
         _tell(self.study, trial, result, self.settings.budget_ms)
-        if not result.get("failure"):
-            self.evaluated[trial.user_attrs["config_key"]] = result
         self._count()
+        key = trial.user_attrs["config_key"]
+        if not result.get("failure"):
+            self.evaluated[key] = result
+        for duplicate in self.waiting.pop(key, []):
+            if result.get("failure"):  # the original failed: the repeat gets its own evaluation
+                self._submit(duplicate, ArchConfig.from_dict(duplicate.user_attrs["config"]))
+            else:
+                self._finish_duplicate(duplicate, result)
+
+    def _failed(self, trial: optuna.Trial, reason: str) -> None:
+        _fail(self.study, trial, reason)
+        self._count()
+        for duplicate in self.waiting.pop(trial.user_attrs["config_key"], []):
+            self._submit(duplicate, ArchConfig.from_dict(duplicate.user_attrs["config"]))
+
+    def _finish_duplicate(self, trial: optuna.Trial, original: dict[str, Any]) -> None:
+        result = {k: original.get(k) for k in ("params", "flops", "latency", "feasible", "accuracy")}
+        trial.set_user_attr("duplicate_of", original.get("trial_number"))
+        self._finish(trial, result | {"failure": None, "duration_s": 0.0})
 
     def _count(self) -> None:
         self.finished += 1

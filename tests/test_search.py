@@ -1,0 +1,274 @@
+"""The search: seeds first, budget as a constraint, failures recorded, resume after kill -9, Ray on loopback."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from mvit_nas import InputError, preset
+from mvit_nas.latency import LatencySpec
+from mvit_nas.proxy import ProxySpec
+from mvit_nas.search import (
+    FAULT_ENV,
+    LOCK_FILE,
+    SearchSettings,
+    is_finished,
+    open_study,
+    search,
+)
+from mvit_nas.space import load_space
+
+# A 16-point space of tiny models at 64 px: a trial takes about a second.
+TINY_SPACE: dict[str, Any] = {
+    "name": "tiny",
+    "resolution": [64],
+    "stem_channels": [8],
+    "last_layer_exp_factor": [2],
+    "classifier_dropout": 0.0,
+    "transformer_dropout": 0.0,
+    "layer1": {"out_channels": [8], "mv2_exp": [2], "num_blocks": [1]},
+    "layer2": {"out_channels": [8, 16], "mv2_exp": [2], "num_blocks": [1]},
+    "layer3": {
+        "out_channels": [16],
+        "mv2_exp": [2],
+        "transformer_channels": [16, 32],
+        "ffn_ratio": [1, 2],
+        "transformer_blocks": [1],
+        "num_heads": [2],
+        "patch_h": [2],
+        "patch_w": [2],
+    },
+    "layer4": {
+        "out_channels": [16],
+        "mv2_exp": [2],
+        "transformer_channels": [16],
+        "ffn_ratio": [1],
+        "transformer_blocks": [1],
+        "num_heads": [2],
+        "patch_h": [2],
+        "patch_w": [2],
+    },
+    "layer5": {
+        "out_channels": [16, 24],
+        "mv2_exp": [2],
+        "transformer_channels": [16],
+        "ffn_ratio": [1],
+        "transformer_blocks": [1],
+        "num_heads": [2],
+        "patch_h": [1],
+        "patch_w": [1],
+    },
+}
+FAST_LATENCY = LatencySpec(backend="eager", threads=1, warmup=1, min_repeats=3, min_seconds=0.0)
+FAST_PROXY = ProxySpec(epochs=0.01, batch_size=32)
+
+
+def tiny_settings(budget_ms: float = 1000.0, **changes: Any) -> SearchSettings:
+    return SearchSettings(budget_ms=budget_ms, space=TINY_SPACE, latency=FAST_LATENCY, proxy=FAST_PROXY, **changes)
+
+
+def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    return open_study(run_dir).get_trials(deepcopy=False)
+
+
+def test_seeds_are_trials_0_1_2_and_over_budget_trials_are_never_trained(tmp_path: Path) -> None:
+    settings = SearchSettings(budget_ms=1e-3, latency=FAST_LATENCY, proxy=FAST_PROXY)
+    outcome = search(settings, tmp_path / "run", trials=3, executor="local", workers=1)
+    trials = outcome.study.get_trials(deepcopy=False)
+    space = load_space()
+    for trial, name in zip(trials, ("xxs", "xs", "s"), strict=True):
+        assert trial.user_attrs["seed"] == name
+        assert space.params_of(preset(name)) == space.params_of(space.decode(trial.params))
+        assert trial.user_attrs["config"]["layer5"] == preset(name).to_dict()["layer5"]
+        # Over budget: measured, constrained, never trained.
+        assert trial.user_attrs["feasible"] is False
+        assert trial.user_attrs["accuracy"] is None
+        assert "proxy_seconds" not in trial.user_attrs
+        assert trial.constraints["latency_over_budget_ms"] > 0
+    assert outcome.front == []
+
+
+def test_small_search_finishes_with_a_front_and_skips_repeated_configs(tmp_path: Path) -> None:
+    outcome = search(tiny_settings(), tmp_path / "run", trials=8, executor="local", workers=2)
+    trials = outcome.study.get_trials(deepcopy=False)
+    assert sum(is_finished(t) for t in trials) == 8
+    assert outcome.front, "a generous budget must give a non-empty front"
+    for trial in trials:
+        assert trial.state == TrialState.COMPLETE
+        assert 0.0 <= trial.user_attrs["accuracy"] <= 1.0
+        assert trial.values[1] == trial.user_attrs["latency"]["median"]
+        assert trial.user_attrs["latency"]["backend"] == "eager"
+    keys = [t.user_attrs["config_key"] for t in trials if "duplicate_of" not in t.user_attrs]
+    assert len(keys) == len(set(keys)), "a configuration evaluated twice"
+    for trial in trials:
+        if "duplicate_of" in trial.user_attrs:
+            original = trials[trial.user_attrs["duplicate_of"]]
+            assert trial.values == original.values
+            assert trial.user_attrs["duration_s"] == 0.0
+
+
+def test_failing_trials_are_recorded_and_the_search_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAULT_ENV, "1:raise,2:nan,3:oom")
+    outcome = search(tiny_settings(), tmp_path / "run", trials=6, executor="local", workers=1)
+    trials = {t.number: t for t in outcome.study.get_trials(deepcopy=False)}
+    assert trials[1].state == TrialState.FAIL
+    assert trials[1].user_attrs["failure"].startswith("error: RuntimeError: injected fault")
+    assert trials[2].state == TrialState.FAIL
+    assert trials[2].user_attrs["failure"].startswith("diverged")
+    assert trials[3].state == TrialState.FAIL
+    assert "memory" in trials[3].user_attrs["failure"]
+    assert sum(is_finished(t) for t in trials.values()) == 6
+    assert trials[0].state == TrialState.COMPLETE
+
+
+def test_resuming_keeps_finished_trials_and_rejects_changed_settings(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    search(tiny_settings(), run_dir, trials=3, executor="local", workers=1)
+    before = {t.number: (t.values, t.user_attrs) for t in _trials(run_dir)}
+    search(tiny_settings(), run_dir, trials=6, executor="local", workers=1)
+    after = {t.number: (t.values, t.user_attrs) for t in _trials(run_dir)}
+    assert len(after) == 6
+    assert all(after[number] == value for number, value in before.items())
+    with pytest.raises(InputError) as caught:
+        search(tiny_settings(budget_ms=5.0), run_dir, trials=6, executor="local")
+    assert caught.value.field == "--run-dir"
+    assert "budget_ms" in str(caught.value)
+
+
+def test_a_second_search_on_the_same_run_is_refused(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(InputError, match="in use by another search") as caught:
+            search(tiny_settings(), run_dir, trials=2, executor="local")
+    assert caught.value.field == "--run-dir"
+    assert not (run_dir / "study.db").exists()
+
+
+_DRIVER = """
+import sys
+from tests.test_search import tiny_settings
+from mvit_nas.search import search
+search(tiny_settings(), sys.argv[1], trials=int(sys.argv[2]), executor="local", workers=1)
+"""
+
+
+def _completed(run_dir: Path) -> int:
+    path = run_dir / "study.db"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as connection:
+            return connection.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_finishes_without_losing_a_trial(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    repo = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-c", _DRIVER, str(run_dir), "10"]
+    driver = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while _completed(run_dir) < 3 and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert driver.poll() is None, "the driver finished before it could be killed"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = {t.number: (t.values, t.user_attrs) for t in _trials(run_dir) if t.state == TrialState.COMPLETE}
+    assert len(before) >= 3
+    subprocess.run(command, cwd=repo, check=True, timeout=300, capture_output=True)
+    trials = _trials(run_dir)
+    assert sum(is_finished(t) for t in trials) == 10
+    after = {t.number: (t.values, t.user_attrs) for t in trials}
+    for number, value in before.items():
+        assert after[number] == value, f"trial {number} changed after the resume"
+    interrupted = [t for t in trials if t.user_attrs.get("failure") == "interrupted"]
+    for trial in interrupted:  # each interrupted trial was run again, with the same parameters
+        retries = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
+        assert len(retries) == 1 and retries[0].params == trial.params
+
+
+# --- Ray -------------------------------------------------------------------------------
+
+
+def _listeners() -> set[tuple[str, str]]:
+    """(address, port) of every listening TCP socket on this machine."""
+    output = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    sockets = set()
+    for line in output.splitlines():
+        local = line.split()[3]
+        address, _, port = local.rpartition(":")
+        sockets.add((address, port))
+    return sockets
+
+
+def _is_loopback(address: str) -> bool:
+    address = address.strip("[]").removeprefix("::ffff:")
+    return address.startswith("127.") or address == "::1"
+
+
+def _write_space(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_SPACE))
+    return path
+
+
+@pytest.mark.slow
+def test_local_ray_search_listens_on_loopback_only(tmp_path: Path) -> None:
+    before = _listeners()
+    run_dir = tmp_path / "run"
+    command = [
+        *("mvit-nas", "search", "--budget-ms", "1000", "--space", str(_write_space(tmp_path))),
+        *("--trials", "6", "--epochs", "0.01", "--backend", "eager", "--run-dir", str(run_dir)),
+    ]
+    search_process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen_during: set[tuple[str, str]] = set()
+    deadline = time.monotonic() + 240
+    while search_process.poll() is None and time.monotonic() < deadline:
+        seen_during |= _listeners() - before
+        time.sleep(0.5)
+    _, stderr = search_process.communicate(timeout=120)
+    assert search_process.returncode == 0, stderr
+    assert seen_during, "Ray opened no port while the search ran: the check saw nothing"
+    exposed = sorted(socket for socket in seen_during if not _is_loopback(socket[0]))
+    assert not exposed, f"listening beyond loopback during a search: {exposed}"
+    assert sum(is_finished(t) for t in _trials(run_dir)) == 6
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    start = [
+        *("ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port)),
+        *("--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"),
+    ]
+    subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
+    try:
+        outcome = search(tiny_settings(), tmp_path / "run", trials=4, workers=2, address=f"127.0.0.1:{port}")
+        assert sum(is_finished(t) for t in outcome.study.get_trials(deepcopy=False)) == 4
+        assert outcome.front
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
