@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import signal
 import socket
 import sqlite3
@@ -199,9 +200,11 @@ def test_kill_9_mid_run_then_resume_finishes_without_losing_a_trial(tmp_path: Pa
     for number, value in before.items():
         assert after[number] == value, f"trial {number} changed after the resume"
     interrupted = [t for t in trials if t.user_attrs.get("failure") == "interrupted"]
-    for trial in interrupted:  # each interrupted trial was run again, with the same parameters
+    for trial in interrupted:  # each interrupted trial was run again with the parameters it had been given
         retries = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
-        assert len(retries) == 1 and retries[0].params == trial.params
+        assert len(retries) == 1
+        # A kill while the sampler was still suggesting leaves fewer params; the retry fills in the rest.
+        assert trial.params.items() <= retries[0].params.items()
 
 
 # --- Ray -------------------------------------------------------------------------------
@@ -258,8 +261,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path) -> None:
+def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = _free_port()
+    # Token authentication, as the README tells cluster users to run it: the same token on both sides.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     start = [
         *("ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port)),
