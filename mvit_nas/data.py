@@ -1,0 +1,482 @@
+"""Proxy datasets: a seeded synthetic task (the default), CIFAR-10/100 and image folders.
+
+Nothing is ever downloaded. ``synthetic`` is generated from a seed; the others are
+read from a local path with torchvision's own readers, after the layout has been
+checked so that a wrong path fails at once with an :class:`InputError` naming
+``--dataset``.
+
+Example::
+
+    spec = parse_dataset_spec("synthetic:1")
+    data = load_dataset(spec, resolution=64, cache_dir=Path("run/data"))
+    image, label = data.train[0]  # float tensor (3, 64, 64), normalised; int label
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from mvit_nas.errors import InputError
+
+KINDS = ("synthetic", "cifar10", "cifar100", "folder")
+ALLOWED = "synthetic[:SEED], cifar10:PATH, cifar100:PATH or folder:PATH"
+FIELD = "--dataset"
+
+# timm's ImageNet statistics: the same normalisation for every dataset keeps the
+# models' input scale independent of the dataset choice.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+SYNTHETIC_NATIVE = 64
+SYNTHETIC_CLASSES = 10
+SYNTHETIC_TRAIN_SIZE = 12_800
+SYNTHETIC_VAL_SIZE = 1_000
+# Bump when the recipe changes so that stale caches are never reused.
+SYNTHETIC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What ``--dataset`` names: a kind, a local path (real datasets) and a seed (synthetic)."""
+
+    kind: str
+    path: str | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ProxyData:
+    """A train split, a held-out split and the number of classes; items are ``(image, label)``."""
+
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    name: str
+
+
+class TensorImages(Dataset):
+    """Images held as one uint8 tensor ``(N, 3, H, W)``; items come out normalised as float."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+        self._mean = torch.tensor(MEAN).view(3, 1, 1)
+        self._std = torch.tensor(STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index].float().div_(255.0)
+        return (image - self._mean) / self._std, int(self.labels[index])
+
+
+def parse_dataset_spec(text: str) -> DatasetSpec:
+    """Parse ``--dataset``: ``synthetic``, ``synthetic:SEED``, ``cifar10:PATH``, ``cifar100:PATH``, ``folder:PATH``.
+
+    Only the syntax is checked here; :func:`load_dataset` checks the path and layout.
+
+    Example::
+
+        parse_dataset_spec("cifar10:~/data")  # DatasetSpec(kind="cifar10", path="~/data", seed=0)
+    """
+    kind, _, rest = str(text).partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise InputError(FIELD, f"unknown dataset {text!r}; use {ALLOWED}")
+    if kind == "synthetic":
+        if not rest:
+            return DatasetSpec("synthetic")
+        try:
+            seed = int(rest)
+        except ValueError:
+            raise InputError(FIELD, f"synthetic seed must be a non-negative integer, got {rest!r}") from None
+        if seed < 0:
+            raise InputError(FIELD, f"synthetic seed must be a non-negative integer, got {rest!r}")
+        return DatasetSpec("synthetic", seed=seed)
+    if not rest:
+        raise InputError(FIELD, f"{kind} needs a local path: {kind}:PATH (nothing is downloaded)")
+    return DatasetSpec(kind, path=rest)
+
+
+def load_dataset(
+    spec: DatasetSpec,
+    resolution: int,
+    cache_dir: Path | None = None,
+    *,
+    train_size: int = SYNTHETIC_TRAIN_SIZE,
+    val_size: int = SYNTHETIC_VAL_SIZE,
+) -> ProxyData:
+    """Load (or generate) ``spec`` with images at ``resolution`` x ``resolution``.
+
+    ``train_size`` / ``val_size`` apply to ``synthetic`` only (real datasets bring
+    their own splits: CIFAR's test batch, or the folder's ``val/``). ``cache_dir``
+    keeps the generated synthetic images across processes (every search worker
+    reads the same file instead of generating its own).
+
+    Example::
+
+        data = load_dataset(parse_dataset_spec("folder:/data/flowers"), resolution=64)
+        data.num_classes, len(data.train), len(data.val)
+    """
+    if spec.kind == "synthetic":
+        return _load_synthetic(spec.seed, resolution, cache_dir, train_size, val_size)
+    if spec.kind in ("cifar10", "cifar100"):
+        return _load_cifar(spec, resolution)
+    if spec.kind == "folder":
+        return _load_folder(spec, resolution)
+    raise InputError(FIELD, f"unknown dataset kind {spec.kind!r}; use {ALLOWED}")
+
+
+# --- real datasets -----------------------------------------------------------------------
+
+
+class _LocalCIFAR10(CIFAR10):
+    # torchvision checks the MD5 of each official batch file; a checksum of None makes
+    # it check only that the file exists, so a user's re-packed copy or subset loads too.
+    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.test_list]
+    meta: ClassVar[dict] = {**CIFAR10.meta, "md5": None}
+
+
+class _LocalCIFAR100(CIFAR100):
+    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR100.train_list]
+    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR100.test_list]
+    meta: ClassVar[dict] = {**CIFAR100.meta, "md5": None}
+
+
+def _existing_dir(spec: DatasetSpec) -> Path:
+    path = Path(os.path.expanduser(str(spec.path)))
+    if not path.exists():
+        raise InputError(FIELD, f"{spec.kind} path {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise InputError(FIELD, f"{spec.kind} path {str(path)!r} is not a directory")
+    return path
+
+
+def _load_cifar(spec: DatasetSpec, resolution: int) -> ProxyData:
+    reader = _LocalCIFAR10 if spec.kind == "cifar10" else _LocalCIFAR100
+    path = _existing_dir(spec)
+    # Accept the batches folder itself or the folder that holds it (torchvision's root).
+    root = path.parent if path.name == reader.base_folder else path
+    batches = root / reader.base_folder
+    needed = [name for name, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
+    missing = [name for name in needed if not (batches / name).is_file()]
+    if missing:
+        raise InputError(
+            FIELD,
+            f"{str(path)!r} is not a {spec.kind} folder: expected {reader.base_folder}/ with "
+            f"{', '.join(needed)} (torchvision's python format); missing {', '.join(missing)}",
+        )
+    train_tf = transforms.Compose(
+        [
+            transforms.Resize(resolution),
+            transforms.RandomCrop(resolution, padding=resolution // 8),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+    val_tf = transforms.Compose([transforms.Resize(resolution), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+    try:
+        train = reader(str(root), train=True, transform=train_tf, download=False)
+        val = reader(str(root), train=False, transform=val_tf, download=False)
+    except (OSError, ValueError, TypeError, KeyError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+        raise InputError(FIELD, f"cannot read {spec.kind} batches in {str(batches)!r}: {error}") from None
+    return ProxyData(train, val, len(train.classes), f"{spec.kind}:{root}")
+
+
+def _class_dirs(split: Path) -> list[str]:
+    classes = sorted(entry.name for entry in os.scandir(split) if entry.is_dir())
+    for name in classes:
+        if not any(file.is_file() and file.name.lower().endswith(IMG_EXTENSIONS) for file in (split / name).iterdir()):
+            raise InputError(FIELD, f"class folder {str(split / name)!r} holds no image ({', '.join(IMG_EXTENSIONS)})")
+    return classes
+
+
+def _load_folder(spec: DatasetSpec, resolution: int) -> ProxyData:
+    path = _existing_dir(spec)
+    layout = "PATH/train/<class>/<image> and PATH/val/<class>/<image>"
+    splits = {}
+    for split in ("train", "val"):
+        if not (path / split).is_dir():
+            raise InputError(FIELD, f"{str(path)!r} has no {split}/ folder; a folder dataset is {layout}")
+        splits[split] = _class_dirs(path / split)
+        if not splits[split]:
+            raise InputError(FIELD, f"{str(path / split)!r} has no class folders; a folder dataset is {layout}")
+    if splits["train"] != splits["val"]:
+        only = sorted(set(splits["train"]) ^ set(splits["val"]))
+        raise InputError(FIELD, f"train/ and val/ of {str(path)!r} must hold the same class folders; differ in {only}")
+    train_tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(resolution),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+    val_tf = transforms.Compose(
+        [
+            transforms.Resize(resolution),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
+    train = ImageFolder(str(path / "train"), transform=train_tf)
+    val = ImageFolder(str(path / "val"), transform=val_tf)
+    return ProxyData(train, val, len(train.classes), f"folder:{path}")
+
+
+# --- synthetic ---------------------------------------------------------------------------
+
+# Texture ids. 0..4 mark the two parts that define the class; RINGS only ever
+# appears on the distractor part.
+H_STRIPES, V_STRIPES, DIAGONAL, CHECKER, DOTS, RINGS = range(6)
+
+# Recipe constants (native 64 px pixels). They set the difficulty; see the module
+# docstring of generate_synthetic for what each does.
+PART_HALF = (12.0, 6.0)
+PART_SPACING = (2.0, 10.0)
+CROSS_JITTER = 0.3
+PERIOD = (10.0, 4.0)
+ANGLE_JITTER = np.deg2rad(12.0)
+CONTRAST = (1.0, 0.35)
+BLOBS = 3
+BLOB_RADIUS = (2.0, 7.0)
+DISTRACTOR_PROB = 0.6
+NOISE_STD = (0.02, 0.1)
+DIFFICULTY_JITTER = 0.15
+DIFFICULTY_POWER = 2.0
+CHUNK = 500
+
+
+def _load_synthetic(seed: int, resolution: int, cache_dir: Path | None, train_size: int, val_size: int) -> ProxyData:
+    for name, value in (("train_size", train_size), ("val_size", val_size)):
+        if value < 1:
+            raise InputError(name, f"must be a positive number of images, got {value}")
+    splits = []
+    for split, count in (("train", train_size), ("val", val_size)):
+        images, labels = _cached(cache_dir, split, count, seed)
+        splits.append(TensorImages(_resize(images, resolution), labels))
+    return ProxyData(splits[0], splits[1], SYNTHETIC_CLASSES, f"synthetic:{seed}")
+
+
+def _cached(cache_dir: Path | None, split: str, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The native-size images of one split, generated once and kept under ``cache_dir``."""
+    # Separate streams per split: the train images do not depend on the val size.
+    stream = [seed, 0 if split == "train" else 1]
+    name = f"synthetic-v{SYNTHETIC_VERSION}-seed{seed}-{split}{count}-{SYNTHETIC_NATIVE}px.pt"
+    path = cache_dir / name if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            stored = torch.load(path, weights_only=True)
+            return stored["images"], stored["labels"]
+        except (OSError, RuntimeError, KeyError, EOFError):
+            pass  # an unreadable cache is regenerated (and rewritten) below
+    images, labels = generate_synthetic(count, stream)
+    stored = {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename: concurrent workers never see a half-written file.
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}.", delete=False) as handle:
+            torch.save(stored, handle)
+        os.replace(handle.name, path)
+    return stored["images"], stored["labels"]
+
+
+def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    if images.shape[-1] == resolution:
+        return images
+    chunks = [
+        F.interpolate(chunk.float(), size=(resolution, resolution), mode="bilinear", antialias=True)
+        for chunk in images.split(CHUNK)
+    ]
+    return torch.cat(chunks).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def generate_synthetic(
+    count: int, seed: int | Sequence[int], size: int = SYNTHETIC_NATIVE
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` images ``(N, 3, size, size)`` uint8 and labels ``(N,)``, a pure function of ``seed``.
+
+    Recipe (10 classes; chance is 10%):
+
+    1. Background: a smooth random colour field (a 4x4 grid of random colours,
+       bilinearly upsampled), then ``BLOBS`` solid ellipses of random colour,
+       size and place as clutter.
+    2. With probability ``DISTRACTOR_PROB``, a distractor part anywhere in the
+       image, textured with concentric rings (a texture that never defines a class).
+    3. Two class parts, each a square or a disc of half-size ``PART_HALF``, each
+       filled with a binary texture: horizontal stripes, vertical stripes,
+       diagonal stripes (45 or 135 degrees), a checkerboard or a dot lattice, with
+       a random period (``PERIOD``), phase, orientation jitter (``ANGLE_JITTER``),
+       two random colours and a random contrast (``CONTRAST``).
+    4. The class is ``2 * pair + axis``: ``pair`` picks which two textures the parts
+       carry (one of ``PAIRS``; each texture belongs to two pairs), ``axis`` whether
+       the parts sit side by side (0) or one above the other (1), at a distance
+       ``PAIR_GAP`` with a cross-axis offset of up to ``CROSS_JITTER`` of it, in
+       random order, anywhere the pair fits.
+    5. Gaussian pixel noise (``NOISE_STD``), clipped to [0, 1].
+
+    So a model has to recognise local textures (texture alone gives at most 50%)
+    and relate the two textured parts across the image (layout alone gives at
+    most 20%), ignoring colour, position, scale, clutter and the ringed
+    distractor. Random phases and colours leave a linear classifier on raw pixels
+    near chance.
+
+    Example::
+
+        images, labels = generate_synthetic(100, seed=0)
+    """
+    rng = np.random.default_rng(seed)
+    images = np.empty((count, 3, size, size), np.uint8)
+    labels = rng.integers(0, SYNTHETIC_CLASSES, count)
+    for start in range(0, count, CHUNK):
+        stop = min(start + CHUNK, count)
+        images[start:stop] = _render(labels[start:stop], size, rng)
+    return images, labels
+
+
+def _uniform(rng: np.random.Generator, bounds: tuple[float, float], n: int) -> np.ndarray:
+    return rng.uniform(bounds[0], bounds[1], n).astype(np.float32)[:, None, None]
+
+
+class _Canvas:
+    """A batch of float images, padded so that a shape may overhang the border.
+
+    Shapes are painted through small windows around their centres rather than over
+    the whole image: generating the default dataset takes seconds, not minutes.
+    """
+
+    def __init__(self, background: np.ndarray, pad: int) -> None:
+        self.pad = pad
+        self.size = background.shape[-1]
+        self.pixels = np.pad(background, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+
+    def window(self, cx: np.ndarray, cy: np.ndarray) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+        """Index of the (2*pad, 2*pad) window around each centre, and pixel-centre offsets from it."""
+        n, width = len(cx), 2 * self.pad
+        x0 = np.floor(cx).astype(np.int64)
+        y0 = np.floor(cy).astype(np.int64)
+        steps = np.arange(width)
+        cols = (x0[:, None] + steps)[:, None, :]
+        rows = (y0[:, None] + steps)[:, :, None]
+        u = (cols - self.pad + 0.5 - cx[:, None, None]).astype(np.float32)
+        v = (rows - self.pad + 0.5 - cy[:, None, None]).astype(np.float32)
+        return (np.arange(n)[:, None, None], slice(None), rows, cols), u, v
+
+    def paint(self, index: tuple[np.ndarray, ...], inside: np.ndarray, colour: np.ndarray) -> None:
+        """Set the ``inside`` pixels of each window to ``colour`` ((n, H, W, 3) or (n, 1, 1, 3))."""
+        batch, _, rows, cols = index
+        # Advanced indices around a slice put the window dims first: (n, H, W, 3).
+        current = self.pixels[batch, :, rows, cols]
+        self.pixels[batch, :, rows, cols] = np.where(inside[..., None], colour, current)
+
+    def image(self) -> np.ndarray:
+        pad = self.pad
+        return self.pixels[:, :, pad : pad + self.size, pad : pad + self.size]
+
+
+def _graded(rng: np.random.Generator, bounds: tuple[float, float], difficulty: np.ndarray) -> np.ndarray:
+    """Per-image values between ``bounds`` = (easiest, hardest) at each image's (jittered) difficulty."""
+    level = np.clip(difficulty + rng.uniform(-DIFFICULTY_JITTER, DIFFICULTY_JITTER, len(difficulty)), 0.0, 1.0)
+    return (bounds[0] + (bounds[1] - bounds[0]) * level).astype(np.float32)
+
+
+def _texture(
+    kind: np.ndarray, u: np.ndarray, v: np.ndarray, difficulty: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Binary texture values (n, H, W) of per-image ``kind`` at part-centred coordinates."""
+    n = len(kind)
+    base = np.select(
+        [kind == H_STRIPES, kind == V_STRIPES, kind == DIAGONAL],
+        [np.pi / 2, 0.0, np.where(rng.random(n) < 0.5, np.pi / 4, 3 * np.pi / 4)],
+        0.0,
+    )
+    angle = (base + rng.uniform(-ANGLE_JITTER, ANGLE_JITTER, n)).astype(np.float32)[:, None, None]
+    freq = 2 * np.float32(np.pi) / _graded(rng, PERIOD, difficulty)[:, None, None]
+    phase_a = _uniform(rng, (0.0, 2 * np.pi), n)
+    phase_b = _uniform(rng, (0.0, 2 * np.pi), n)
+    cos, sin = np.cos(angle), np.sin(angle)
+    wave_a = np.cos(freq * (u * cos + v * sin) + phase_a)
+    wave_b = np.cos(freq * (v * cos - u * sin) + phase_b)
+    kind = kind[:, None, None]
+    return np.select(
+        [kind <= DIAGONAL, kind == CHECKER, kind == DOTS],
+        [wave_a > 0, wave_a * wave_b > 0, wave_a + wave_b > 1.0],
+        np.cos(freq * np.hypot(u, v) + phase_a) > 0,
+    )
+
+
+def _paint_part(
+    canvas: _Canvas,
+    kind: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    half: np.ndarray,
+    difficulty: np.ndarray,
+    rng: np.random.Generator,
+    present: np.ndarray | None = None,
+) -> None:
+    """Paint one textured square-or-disc part per image (where ``present``)."""
+    n = len(kind)
+    index, u, v = canvas.window(cx, cy)
+    half = half[:, None, None]
+    disc = rng.random(n)[:, None, None] < 0.5
+    inside = np.where(disc, np.hypot(u, v) < half, np.maximum(np.abs(u), np.abs(v)) < half)
+    if present is not None:
+        inside &= present[:, None, None]
+    value = _texture(kind, u, v, difficulty, rng)
+    colour_a = rng.random((n, 3), dtype=np.float32)
+    # The second colour is far from the first in every channel, so the texture is visible.
+    colour_b = np.mod(colour_a + 0.5 + rng.uniform(-0.15, 0.15, (n, 3)).astype(np.float32), 1.0)
+    contrast = _graded(rng, CONTRAST, difficulty)[:, None]
+    mid = (colour_a + colour_b) / 2
+    colour_a, colour_b = mid + contrast * (colour_a - mid), mid + contrast * (colour_b - mid)
+    canvas.paint(index, inside, np.where(value[..., None], colour_a[:, None, None], colour_b[:, None, None]))
+
+
+def _render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    n = len(labels)
+    low = torch.from_numpy(rng.random((n, 3, 4, 4), dtype=np.float32) * 0.7 + 0.15)
+    background = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).numpy()
+    canvas = _Canvas(background, pad=int(np.ceil(max(*PART_HALF, *BLOB_RADIUS))) + 1)
+    for _ in range(BLOBS):
+        index, u, v = canvas.window(*rng.uniform(0, size, (2, n)))
+        rx, ry = _uniform(rng, BLOB_RADIUS, n), _uniform(rng, BLOB_RADIUS, n)
+        canvas.paint(index, (u / rx) ** 2 + (v / ry) ** 2 < 1, rng.random((n, 1, 1, 3), dtype=np.float32))
+    distractor = rng.random(n) < DISTRACTOR_PROB
+    difficulty = rng.random(n) ** DIFFICULTY_POWER
+    half = _graded(rng, PART_HALF, difficulty)
+    cx, cy = rng.uniform(half, size - half, (2, n))
+    _paint_part(canvas, np.full(n, RINGS), cx, cy, half, difficulty, rng, present=distractor)
+    texture, axis = labels // 2, labels % 2
+    half_a, half_b = _graded(rng, PART_HALF, difficulty), _graded(rng, PART_HALF, difficulty)
+    gap = half_a + half_b + rng.uniform(*PART_SPACING, n)
+    cross = gap * rng.uniform(-CROSS_JITTER, CROSS_JITTER, n)
+    dx, dy = np.where(axis == 0, gap, cross), np.where(axis == 0, cross, gap)
+    # Place part a anywhere that leaves room for both parts inside the image.
+    low_x, high_x = np.maximum(half_a, half_b - dx), size - np.maximum(half_a, half_b + dx)
+    low_y, high_y = np.maximum(half_a, half_b - dy), size - np.maximum(half_a, half_b + dy)
+    cx = low_x + rng.random(n) * np.maximum(0, high_x - low_x)
+    cy = low_y + rng.random(n) * np.maximum(0, high_y - low_y)
+    _paint_part(canvas, texture, cx, cy, half_a, difficulty, rng)
+    _paint_part(canvas, texture, cx + dx, cy + dy, half_b, difficulty, rng)
+    noise = _graded(rng, NOISE_STD, difficulty)[:, None, None, None]
+    image = canvas.image() + noise * rng.standard_normal((n, 3, size, size), dtype=np.float32)
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)

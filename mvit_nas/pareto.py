@@ -1,0 +1,143 @@
+"""The accuracy-latency Pareto front of a search, its hypervolume, and how it beats the seeds.
+
+A search has two objectives, accuracy (up) and median latency in ms (down), and
+one constraint, ``latency_over_budget_ms`` (feasible iff <= 0). Optuna already
+knows how to find the non-dominated feasible trials (``study.best_trials``) and
+how to measure a front (its WFG hypervolume); this module only adds what is
+specific to mvit-nas: one point per architecture, and the comparison against
+the published seeds xxs/xs/s.
+
+Example::
+
+    study = optuna.load_study(study_name="mvit-nas", storage="sqlite:///runs/demo/study.db")
+    for trial in front(study):
+        print(trial.number, trial.values)
+    hypervolume([t.values for t in front(study)], reference=(0.0, 5.0))
+    seed_dominance(study)[0]["dominates"]  # e.g. ["xs", "s"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna._hypervolume import compute_hypervolume
+from optuna.trial import FrozenTrial, TrialState
+
+SEEDS = ("xxs", "xs", "s")
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Optuna's own rule: every constraint value <= 0 (a trial without constraints is feasible)."""
+    return all(value <= 0.0 for value in trial.constraints.values())
+
+
+def front(study: optuna.Study) -> list[FrozenTrial]:
+    """The feasible Pareto front, one trial per architecture, sorted by latency (fastest first).
+
+    ``study.best_trials`` already drops infeasible trials; a configuration
+    evaluated twice (a duplicate reuses the original's values) would appear
+    twice, so only the earliest trial of each configuration is kept.
+
+    Example::
+
+        [t.number for t in front(study)]  # e.g. [7, 3, 12]
+    """
+    trials = sorted((t for t in study.best_trials if is_feasible(t)), key=lambda t: t.number)
+    unique: dict[Any, FrozenTrial] = {}
+    for trial in trials:
+        key = trial.user_attrs.get("config_key", ("trial", trial.number))
+        unique.setdefault(key, trial)
+    return sorted(unique.values(), key=lambda t: (t.values[1], -t.values[0], t.number))
+
+
+def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:
+    """Area dominated by ``points`` of (accuracy, latency_ms) up to ``reference`` (accuracy, latency_ms).
+
+    Computed by Optuna's WFG implementation on minimisation-form points
+    (-accuracy, latency). Points that do not dominate the reference (slower than
+    it, or less accurate) add no area and are left out, so any set of points is
+    accepted; no points give 0.0. The unit is accuracy x ms.
+
+    Example::
+
+        hypervolume([(0.5, 2.0), (0.7, 4.0)], reference=(0.0, 5.0))  # 0.5*3 + 0.2*1 = 1.7
+    """
+    ref = np.array([-float(reference[0]), float(reference[1])])
+    losses = np.array([[-float(acc), float(lat)] for acc, lat in points], dtype=float).reshape(-1, 2)
+    losses = losses[np.all(losses <= ref, axis=1)]
+    if len(losses) == 0:
+        return 0.0
+    return float(compute_hypervolume(losses, ref))
+
+
+def seed_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Each seed's evaluated trial: the earliest COMPLETE one tagged with that seed name.
+
+    A seed interrupted and re-run has two trials (the FAIL and its retry); the
+    completed one is what counts. A seed whose every trial failed is absent.
+    """
+    found: dict[str, FrozenTrial] = {}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        name = trial.user_attrs.get("seed")
+        if name in SEEDS and name not in found and trial.state == TrialState.COMPLETE:
+            found[name] = trial
+    return {name: found[name] for name in SEEDS if name in found}
+
+
+def _compare(point: FrozenTrial, seed: FrozenTrial, accuracy_scale: float) -> dict[str, Any]:
+    accuracy, latency = point.values
+    seed_accuracy, seed_latency = seed.values
+    seed_feasible = is_feasible(seed)
+    saved = seed_latency - latency
+    comparison: dict[str, Any] = {
+        "seed_trial": seed.number,
+        "seed_feasible": seed_feasible,
+        "latency_saved_ms": saved,
+        "latency_saved_pct": 100.0 * saved / seed_latency if seed_latency > 0 else None,
+    }
+    if point.number == seed.number:
+        comparison.update(dominates=False, accuracy_gain=0.0, same_trial=True)
+    elif not seed_feasible:
+        # Constrained dominance (Deb's rule, as Optuna's NSGA-II uses it): a feasible point beats
+        # any infeasible one. An over-budget seed was never trained, so there is no accuracy to compare.
+        comparison.update(dominates=True, accuracy_gain=None)
+    else:
+        gain = accuracy - seed_accuracy
+        dominates = accuracy >= seed_accuracy and latency <= seed_latency and (gain > 0 or saved > 0)
+        comparison.update(dominates=dominates, accuracy_gain=gain * accuracy_scale)
+    return comparison
+
+
+def seed_dominance(study: optuna.Study, accuracy_scale: float = 100.0) -> list[dict[str, Any]]:
+    """For each front point (latency order), how it compares with every evaluated seed.
+
+    Each entry: ``trial``, ``accuracy``, ``latency_ms``, ``dominates`` (the seed
+    names it dominates) and ``versus`` (seed name -> ``seed_trial``,
+    ``seed_feasible``, ``dominates``, ``accuracy_gain`` in points, i.e. the
+    accuracy difference times ``accuracy_scale`` (100 turns a top-1 fraction
+    into percentage points; None against an over-budget seed, which was never
+    trained), ``latency_saved_ms`` and ``latency_saved_pct`` (positive =
+    faster than the seed), and ``same_trial`` when the front point is the seed).
+
+    Example::
+
+        for row in seed_dominance(study):
+            print(row["trial"], row["dominates"], row["versus"]["xs"]["latency_saved_ms"])
+    """
+    seeds = seed_trials(study)
+    rows = []
+    for point in front(study):
+        versus = {name: _compare(point, seed, accuracy_scale) for name, seed in seeds.items()}
+        rows.append(
+            {
+                "trial": point.number,
+                "accuracy": point.values[0],
+                "latency_ms": point.values[1],
+                "dominates": [name for name, comparison in versus.items() if comparison["dominates"]],
+                "versus": versus,
+            }
+        )
+    return rows
