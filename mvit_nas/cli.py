@@ -88,6 +88,10 @@ def _cmd_profile(args: argparse.Namespace) -> None:
     )
     report = profile(dataclasses.replace(cfg, resolution=resolution), spec)
     result = report.to_dict()
+    if args.predict:
+        from mvit_nas.predictor import load_table
+
+        result["latency_ms"]["predicted"] = load_table(spec).predict(report.config)
     if args.json:
         print(json.dumps(result))
         return
@@ -103,6 +107,8 @@ def _cmd_profile(args: argparse.Namespace) -> None:
         f"latency ({spec.device}, {spec.backend}, {spec.threads} threads)",
         f"median {latency['median']:.2f} ms  p10 {latency['p10']:.2f}  p90 {latency['p90']:.2f}  (n={latency['n']})",
     )
+    if args.predict:
+        table.add_row("predicted latency (latency table)", f"{latency['predicted']:.2f} ms")
     peak = result["peak_memory_mb"]
     table.add_row("peak memory", "n/a for this backend" if peak is None else f"{peak:.1f} MB")
     Console().print(table)
@@ -140,6 +146,18 @@ class SearchProgress:
         self._progress.update(self._task, completed=finished, status=status)
 
 
+def _cmd_latency_table_build(args: argparse.Namespace) -> None:
+    from mvit_nas.latency import resolve_spec
+    from mvit_nas.predictor import build_table, default_table_path
+    from mvit_nas.space import load_space
+
+    spec = resolve_spec(device=args.device, backend=args.backend, batch_size=args.batch_size, threads=args.threads)
+    space = load_space(args.space)
+    table = build_table(spec, space)
+    path = table.save(args.out or default_table_path(spec))
+    print(f"latency table for {spec.device}/{spec.backend}/{spec.threads} threads written to {path}")
+
+
 def _default_run_dir(args: argparse.Namespace) -> str:
     # Deterministic, so that re-running the same command resumes the same run.
     return os.path.join("results", f"search-{args.budget_ms:g}ms-seed{args.seed}")
@@ -166,7 +184,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         sampler=args.sampler,
         seed=args.seed,
+        latency_source=args.latency,
     )
+    if args.latency == "predicted":
+        from mvit_nas.predictor import load_table
+
+        load_table(spec)  # a missing or mismatched table is bad input, before anything is written
     run_dir = args.run_dir or _default_run_dir(args)
     with SearchProgress(total=args.trials) as progress:
         outcome = search(
@@ -182,6 +205,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         print(f"stopped after {outcome.finished} finished trials; rerun the same command to resume", file=sys.stderr)
         return 130
+    if args.latency == "predicted":
+        from mvit_nas.search import measure_front
+
+        for row in measure_front(run_dir):
+            print(
+                f"front trial {row['trial']}: predicted {row['predicted_ms']:.2f} ms, "
+                f"measured {row['measured_ms']:.2f} ms ({row['error_pct']:+.1f}%)"
+            )
     exported = export_run(run_dir)
     front = f"Pareto front: {exported.front_size} points within {args.budget_ms:g} ms"
     print(f"{outcome.finished} trials in {run_dir}; {front}")
@@ -244,7 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--batch-size", type=_positive_int, default=1)
     _add_device_args(profile)
     profile.add_argument("--json", action="store_true", help="print one JSON object")
+    profile.add_argument(
+        "--predict", action="store_true", help="also predict the latency from this device's latency table"
+    )
     profile.set_defaults(run=_cmd_profile)
+
+    latency_table = commands.add_parser("latency-table", help="per-device latency predictor tables")
+    table_commands = latency_table.add_subparsers(dest="table_command", required=True, parser_class=_Parser)
+    build = table_commands.add_parser("build", help="measure building blocks here and fit the predictor")
+    _add_device_args(build)
+    build.add_argument("--batch-size", type=_positive_int, default=1)
+    build.add_argument("--space", help="search space YAML whose blocks to measure (default: the bundled one)")
+    build.add_argument("--out", help="table file (default: results/latency_tables/<device>-<backend>-<threads>t.json)")
+    build.set_defaults(run=_cmd_latency_table_build)
 
     search = commands.add_parser("search", help="search the accuracy-latency Pareto front under a latency budget")
     search.add_argument("--budget-ms", type=float, required=True, help="latency budget per image batch, in ms")
@@ -258,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--proxy", default="train", help="train | synflow | naswot | grad_norm (default: train)")
     search.add_argument("--epochs", type=float, help="proxy training epochs (default: the proxy's own)")
     search.add_argument("--sampler", default="tpe", help="tpe | nsga2 | random (default: tpe)")
+    search.add_argument(
+        "--latency",
+        default="measured",
+        choices=("measured", "predicted"),
+        help="measure each trial, or predict from `mvit-nas latency-table build` (front measured at the end)",
+    )
     search.add_argument("--seed", type=int, default=0)
     search.add_argument(
         "--run-dir", help="run folder; the same folder resumes (default: results/search-<budget>ms-seed<seed>)"

@@ -56,9 +56,11 @@ STORAGE_FILE = "study.db"
 SETTINGS_FILE = "run.yaml"
 LOCK_FILE = ".search.lock"
 DEVICE_LOCK_FILE = ".device.lock"
+LATENCY_TABLE_FILE = "latency_table.json"  # the predictor a run uses, copied in at its start
 OBJECTIVES = ("accuracy", "latency_ms")
 INTERRUPTED = "interrupted"
 FAULT_ENV = "MVIT_NAS_TEST_FAULTS"  # test-only fault injection, see _inject_fault
+FAULT_LOG_ENV = "MVIT_NAS_TEST_FAULT_LOG"  # test-only: a file where each injected fault is logged
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,11 @@ class SearchSettings:
     dataset: str = "synthetic"
     sampler: str = "tpe"
     seed: int = 0
+    latency_source: str = "measured"  # "measured" | "predicted" (from the device's latency table)
 
     def __post_init__(self) -> None:
+        if self.latency_source not in ("measured", "predicted"):
+            raise InputError("--latency", f"must be measured or predicted, got {self.latency_source!r}")
         if isinstance(self.budget_ms, bool) or not isinstance(self.budget_ms, (int, float)):
             raise InputError("--budget-ms", f"must be a positive number of milliseconds, got {self.budget_ms!r}")
         if not (math.isfinite(self.budget_ms) and self.budget_ms > 0):
@@ -96,6 +101,7 @@ class SearchSettings:
             "dataset": self.dataset,
             "sampler": self.sampler,
             "seed": self.seed,
+            "latency_source": self.latency_source,
         }
 
     @classmethod
@@ -108,6 +114,7 @@ class SearchSettings:
             dataset=data["dataset"],
             sampler=data["sampler"],
             seed=data["seed"],
+            latency_source=data.get("latency_source", "measured"),
         )
 
 
@@ -135,6 +142,45 @@ def _dataset(spec: DatasetSpec, resolution: int, cache_dir: str) -> Any:
     return load_dataset(spec, resolution, cache_dir=Path(cache_dir))
 
 
+@functools.lru_cache(maxsize=1)
+def _latency_table(path: str, spec: LatencySpec) -> Any:
+    from mvit_nas.predictor import load_table
+
+    return load_table(spec, path)
+
+
+def measure_front(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Measure every front point directly and write ``front_latency.json`` (predicted next to measured).
+
+    A search with ``latency_source="predicted"`` never measures during the search;
+    this is where its front meets the device.
+    """
+    from mvit_nas.pareto import front
+
+    run_dir = Path(run_dir)
+    settings = load_settings(run_dir)
+    rows = []
+    for trial in front(open_study(run_dir)):
+        cfg = ArchConfig.from_dict(trial.user_attrs["config"])
+        spec = dataclasses.replace(settings.latency, height=cfg.resolution, width=cfg.resolution)
+        measured = measure_config(cfg, spec).median_ms
+        predicted = trial.user_attrs["latency"]["median"]
+        rows.append(
+            {
+                "trial": trial.number,
+                "predicted_ms": predicted,
+                "measured_ms": measured,
+                "error_pct": 100 * (predicted - measured) / measured,
+                "within_budget": measured <= settings.budget_ms,
+            }
+        )
+    path = run_dir / "front_latency.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    os.replace(tmp, path)
+    return rows
+
+
 def _inject_fault(trial_number: int, proxy: ProxySpec) -> ProxySpec:
     """Test-only hook: ``MVIT_NAS_TEST_FAULTS="3:raise,5:nan,..."`` makes trial 3 raise, and so on.
 
@@ -142,9 +188,16 @@ def _inject_fault(trial_number: int, proxy: ProxySpec) -> ProxySpec:
     so that the loss really diverges, ``oom`` allocates far more memory than the
     machine has, ``sleep`` sleeps past any trial timeout, ``kill`` SIGKILLs the
     worker process running the trial.
+
+    With ``MVIT_NAS_TEST_FAULT_LOG=FILE`` each fault first appends ``"<trial> <fault> <pid>"``
+    to FILE, so a test can tell how often (and in which processes) a trial was attempted.
     """
     faults = dict(item.split(":", 1) for item in os.environ.get(FAULT_ENV, "").split(",") if ":" in item)
     fault = faults.get(str(trial_number))
+    log = os.environ.get(FAULT_LOG_ENV)
+    if fault and log:
+        with open(log, "a") as handle:
+            handle.write(f"{trial_number} {fault} {os.getpid()}\n")
     if fault == "raise":
         raise RuntimeError(f"injected fault in trial {trial_number}")
     if fault == "oom":
@@ -174,12 +227,18 @@ def evaluate(trial_number: int, config: dict[str, Any], settings: dict[str, Any]
     cost = count_cost(cfg)
     lock = DeviceLock(Path(run_dir) / DEVICE_LOCK_FILE)
     spec = dataclasses.replace(run_settings.latency, height=cfg.resolution, width=cfg.resolution)
-    latency = measure_config(cfg, spec, lock=lock)
+    if run_settings.latency_source == "predicted":
+        table_path = str(Path(run_dir) / LATENCY_TABLE_FILE)
+        predicted = _latency_table(table_path, run_settings.latency).predict(cfg)
+        stats = {"median": predicted, "p10": predicted, "p90": predicted, "mean": predicted, "n": 0}
+        latency = {**stats, **spec.to_dict(), "peak_memory_mb": None, "predicted": True}
+    else:
+        latency = measure_config(cfg, spec, lock=lock).to_dict()
     result: dict[str, Any] = {
         "params": cost.params,
         "flops": cost.flops,
-        "latency": latency.to_dict(),
-        "feasible": latency.median_ms <= run_settings.budget_ms,
+        "latency": latency,
+        "feasible": latency["median"] <= run_settings.budget_ms,
         "accuracy": None,
         "failure": None,
     }
@@ -483,7 +542,14 @@ def search(
         _check_storage(run_dir)
         if data is None:
             data = load_dataset(dataset_spec, settings.proxy.resolution, cache_dir=run_dir / "data")
+        table = None
+        if settings.latency_source == "predicted" and not (run_dir / LATENCY_TABLE_FILE).exists():
+            from mvit_nas.predictor import load_table
+
+            table = load_table(settings.latency)  # missing or mismatched: an error before anything is written
         _prepare_run(run_dir, settings)
+        if table is not None:
+            table.save(run_dir / LATENCY_TABLE_FILE)
         study = open_study(run_dir, settings)
         _requeue_interrupted(study)
         return _Driver(study, space, settings, run_dir, data.num_classes, run, progress).run()
