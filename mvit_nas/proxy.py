@@ -34,9 +34,11 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import itertools
 import logging
 import math
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -375,58 +377,44 @@ def train(
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             if checkpoint.is_file():
                 history = _resume(checkpoint, fingerprint, model, optimizer, scheduler)
-        bar = _ProgressBar(total_steps, enabled=progress)
-        bar.advance(sum(plan[: len(history)]))
         step = sum(plan[: len(history)])
-        for epoch in range(len(history), len(plan)):
-            started = time.perf_counter()
-            model.train()
-            loader = DataLoader(
-                data.train, batch_size=batch_size, shuffle=True, drop_last=True, generator=_epoch_generator(seed, epoch)
-            )
-            losses = []
-            for images, labels in loader:
-                if len(losses) == plan[epoch]:
-                    break
-                with guard():
-                    loss = criterion(model(images.to(torch_device)), labels.to(torch_device))
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise TrialFailed(f"diverged: loss is {value} at step {step}")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                scheduler.step()
-                losses.append(value)
-                step += 1
-                bar.advance(1, loss=value, epoch=epoch + 1)
-            accuracy = _accuracy(model, data, torch_device)
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "epochs_done": step / (len(data.train) // batch_size),
-                    "steps": step,
-                    "train_loss": sum(losses) / len(losses),
-                    "val_accuracy": accuracy,
-                    "lr": scheduler.get_last_lr()[0],
-                    "seconds": time.perf_counter() - started,
-                }
-            )
-            bar.epoch_done(history[-1])
-            if checkpoint is not None:
-                _save(
-                    checkpoint,
-                    {
-                        "fingerprint": fingerprint,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "epoch": epoch + 1,
-                        "rng": torch.get_rng_state(),
-                        "history": history,
-                    },
+        with _ProgressBar(total_steps, done=step, enabled=progress) as bar:
+            for epoch in range(len(history), len(plan)):
+                started = time.perf_counter()
+                loader = DataLoader(
+                    data.train, batch_size, shuffle=True, drop_last=True, generator=_epoch_generator(seed, epoch)
                 )
-        bar.close()
+                model.train()
+                losses = []
+                for images, labels in itertools.islice(loader, plan[epoch]):
+                    with guard():
+                        loss = criterion(model(images.to(torch_device)), labels.to(torch_device))
+                        value = loss.item()
+                        if not math.isfinite(value):
+                            raise TrialFailed(f"diverged: loss is {value} at step {step}")
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        optimizer.step()
+                    scheduler.step()
+                    losses.append(value)
+                    step += 1
+                    bar.advance(loss=value, epoch=epoch + 1)
+                history.append(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs_done": step / (len(data.train) // batch_size),
+                        "steps": step,
+                        "train_loss": sum(losses) / len(losses),
+                        "val_accuracy": _accuracy(model, data, torch_device),
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+                bar.report(history[-1])
+                if checkpoint is not None:
+                    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+                    state |= {"scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+                    _save(checkpoint, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history, **state})
         if checkpoint is not None:
             _save(checkpoint.parent / WEIGHTS_FILE, {key: value.cpu() for key, value in model.state_dict().items()})
     return TrainResult(history[-1]["val_accuracy"], epochs, history, checkpoint)
@@ -440,12 +428,15 @@ def _resume(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> list[dict[str, float]]:
     try:
-        state = torch.load(path, weights_only=True)
-    except (OSError, RuntimeError, EOFError) as error:
-        raise InputError("--out", f"checkpoint {str(path)!r} cannot be read ({error}); use another folder") from None
-    if state.get("fingerprint") != fingerprint:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        problem = str(error).splitlines()[0][:200]
+        raise InputError("--out", f"checkpoint {str(path)!r} cannot be read ({problem}); use another folder") from None
+    stored = state.get("fingerprint", {}) if isinstance(state, dict) else {}
+    differ = [key for key in fingerprint if stored.get(key) != fingerprint[key]]
+    if differ:
         raise InputError(
-            "--out", f"{str(path.parent)!r} holds a checkpoint of a different run (config or settings differ)"
+            "--out", f"{str(path.parent)!r} holds a checkpoint of a different run ({', '.join(differ)} differ)"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
@@ -456,10 +447,10 @@ def _resume(
 
 
 class _ProgressBar:
-    """A rich progress bar over optimisation steps (a no-op when disabled)."""
+    """A rich progress bar over optimisation steps, with a line per epoch (silent when disabled)."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self._progress = None
+    def __init__(self, total: int, done: int, enabled: bool) -> None:
+        self._progress: Any = None
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -470,23 +461,27 @@ class _ProgressBar:
                 TextColumn("loss {task.fields[loss]:.3f}"),
                 TimeRemainingColumn(),
             )
-            self._task = self._progress.add_task("train", total=total, epoch=1, loss=float("nan"))
-            self._progress.start()
+            self._task = self._progress.add_task("train", total=total, completed=done, epoch="-", loss=math.nan)
 
-    def advance(self, steps: int, **fields: float) -> None:
+    def __enter__(self) -> _ProgressBar:
         if self._progress is not None:
-            self._progress.update(self._task, advance=steps, **fields)
+            self._progress.start()
+        return self
 
-    def epoch_done(self, record: dict[str, float]) -> None:
+    def __exit__(self, *_exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def advance(self, **fields: Any) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, **fields)
+
+    def report(self, record: dict[str, float]) -> None:
         if self._progress is not None:
             self._progress.console.print(
                 f"epoch {record['epoch']}: loss {record['train_loss']:.4f}, "
                 f"val top-1 {record['val_accuracy']:.4f} ({record['seconds']:.1f} s)"
             )
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
 
 
 # --- zero-cost proxies -------------------------------------------------------------------
