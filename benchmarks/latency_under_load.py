@@ -1,0 +1,169 @@
+"""Latency under load: is a latency measured while a 2-worker search runs the same as on an idle machine?
+
+One config (xxs at 256 px, the default ONNX Runtime spec: CPU, batch 1, 2
+threads) is prepared once and timed (a) on an idle machine, before and after,
+and (b) while a real 2-worker Ray search (``search(..., executor="ray",
+workers=2)``, in a child process, with its own temporary run folder) is
+training. During (b) the measurement holds the search's own device lock
+(``DEVICE_LOCK_FILE`` in that run folder) exclusively, exactly as a trial's
+latency measurement does, so the search's training steps pause while it times.
+Goal: the median of the loaded measurements within 10% of the idle median.
+
+What the lock does not cover still runs: the search's validation passes, ONNX
+exports, model building and Ray's own processes. The JSON records every
+measurement with how many trials were in flight at that moment.
+
+Run::
+
+    python benchmarks/latency_under_load.py           # ~6 min on 2 cores
+    python benchmarks/latency_under_load.py --quick   # fewer and shorter measurements, marked quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import multiprocessing
+import os
+import signal
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mvit_nas.config import preset
+from mvit_nas.latency import Benchmark, DeviceLock
+from mvit_nas.model import build_model
+from mvit_nas.search import DEVICE_LOCK_FILE, STORAGE_FILE, SearchSettings, search
+
+try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
+    from _common import write_result
+except ImportError:  # pragma: no cover
+    from benchmarks._common import write_result
+
+GOAL = 0.10
+VARIANT = "xxs"
+BUDGET_MS = 1000.0  # every config trains: the load is the search's heaviest kind of trial
+SEARCH_TRIALS = 200  # more than can finish: the search is stopped once the loaded measurements are done
+READY_TIMEOUT_S = 900.0
+
+
+def _run_search(run_dir: str, trials: int) -> None:
+    """The background search (in a child process); SIGINT ends it the way Ctrl-C would."""
+    search(SearchSettings(budget_ms=BUDGET_MS), run_dir, trials, workers=2, executor="ray")
+
+
+def running_trials(run_dir: Path) -> int:
+    """Trials in flight, read from the study file without touching it (read-only SQLite)."""
+    path = run_dir / STORAGE_FILE
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as connection:
+            return int(connection.execute("SELECT COUNT(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0])
+    except sqlite3.Error:  # not created yet, or locked for a moment by a write
+        return 0
+
+
+def measure(bench: Benchmark, lock: DeviceLock, phase: str, run_dir: Path | None = None) -> dict[str, Any]:
+    in_flight = running_trials(run_dir) if run_dir is not None else 0
+    stats = bench.run(lock)
+    row = {
+        "phase": phase,
+        "median_ms": stats.median_ms,
+        "p10_ms": stats.p10_ms,
+        "p90_ms": stats.p90_ms,
+        "n": stats.n,
+        "trials_in_flight": in_flight,
+        "time": time.time(),
+    }
+    print(f"{phase:6s} median {stats.median_ms:7.3f} ms  p90 {stats.p90_ms:7.3f}  in flight {in_flight}", flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter measurements")
+    args = parser.parse_args()
+    idle_rounds, loaded_rounds = (2, 3) if args.quick else (3, 8)
+    gap_s, settle_s = (2.0, 5.0) if args.quick else (10.0, 20.0)
+    spec = SearchSettings(budget_ms=BUDGET_MS).latency
+    if args.quick:
+        spec = dataclasses.replace(spec, min_seconds=0.3)
+    cfg = preset(VARIANT)
+    spec = dataclasses.replace(spec, height=cfg.resolution, width=cfg.resolution)
+    load_before, started = os.getloadavg(), time.perf_counter()
+    bench = Benchmark(build_model(cfg), spec)  # exported once: every round times the same session
+
+    rows: list[dict[str, Any]] = []
+    error = None
+    with tempfile.TemporaryDirectory(prefix="latency-under-load-") as scratch:
+        run_dir = Path(scratch) / "run"
+        lock = DeviceLock(run_dir / DEVICE_LOCK_FILE)  # the very file the search's trials lock
+        rows += [measure(bench, lock, "idle") for _ in range(idle_rounds)]
+
+        child = multiprocessing.get_context("spawn").Process(target=_run_search, args=(str(run_dir), SEARCH_TRIALS))
+        child.start()
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while running_trials(run_dir) < 2 and child.is_alive() and time.monotonic() < deadline:
+                time.sleep(1.0)
+            if not child.is_alive() or running_trials(run_dir) < 2:
+                error = f"the background search did not reach 2 trials in flight (alive: {child.is_alive()})"
+            else:
+                time.sleep(settle_s)  # past worker start-up, into training
+                for _ in range(loaded_rounds):
+                    if not child.is_alive():
+                        error = "the background search ended before the loaded measurements were done"
+                        break
+                    rows.append(measure(bench, lock, "loaded", run_dir))
+                    time.sleep(gap_s)
+        finally:
+            if child.is_alive():
+                os.kill(child.pid, signal.SIGINT)  # the search fails its in-flight trials and shuts Ray down
+                child.join(120)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        rows += [measure(bench, lock, "idle") for _ in range(idle_rounds)]
+
+    idle = statistics.median(row["median_ms"] for row in rows if row["phase"] == "idle")
+    loaded_values = [row["median_ms"] for row in rows if row["phase"] == "loaded"]
+    loaded = statistics.median(loaded_values) if loaded_values else None
+    deviation = (loaded - idle) / idle if loaded is not None else None
+    passed = error is None and deviation is not None and abs(deviation) <= GOAL
+    worst = max((abs(value - idle) / idle for value in loaded_values), default=None)
+    print(f"idle {idle:.3f} ms, loaded {loaded} ms, deviation {deviation}")
+    payload = {
+        "goal": f"median latency under a 2-worker search within {GOAL:.0%} of idle",
+        "passed": passed,
+        "quick": args.quick,
+        "summary": {
+            "idle_ms": round(idle, 4),
+            "loaded_ms": None if loaded is None else round(loaded, 4),
+            "deviation": None if deviation is None else round(deviation, 4),
+            "worst_round_deviation": None if worst is None else round(worst, 4),
+        },
+        "error": error,
+        "config": VARIANT,
+        "spec": spec.to_dict(),
+        "search": {
+            "workers": 2,
+            "executor": "ray",
+            "budget_ms": BUDGET_MS,
+            "settings": "SearchSettings defaults (TPE, default proxy and latency spec)",
+        },
+        "lock": f"exclusive DeviceLock on the search's {DEVICE_LOCK_FILE}, as a trial's latency measurement",
+        "rounds": {"idle": 2 * idle_rounds, "loaded": len(loaded_values), "gap_s": gap_s, "settle_s": settle_s},
+        "duration_s": round(time.perf_counter() - started, 1),
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "measurements": rows,
+    }
+    print(f"passed: {passed}  ->  {write_result('latency_under_load', payload)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Regenerate ``results/benchmarks/README.md`` from every ``results/benchmarks/*.json``.
+
+One row per benchmark: goal, measured value, pass / falls short, date and
+machine, all read from the JSON (never typed by hand). A benchmark of the
+suite without a JSON yet gets a "not run yet" row; a quick (smoke-test) result
+is labelled as such. The GPU section shows ``gpu.json`` when it exists and
+otherwise says that no GPU result exists yet: a CPU figure is never presented
+as a GPU one.
+
+Run::
+
+    python benchmarks/make_table.py
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
+    from _common import RESULTS_DIR
+except ImportError:  # pragma: no cover
+    from benchmarks._common import RESULTS_DIR
+
+README = RESULTS_DIR / "README.md"
+# The suite of issue 4, in reading order; any other JSON found is listed after these.
+SUITE = (
+    "latency_predictor",
+    "latency_repeatability",
+    "latency_under_load",
+    "proxy_fidelity",
+    "search_efficiency",
+    "scaling",
+    "vs_timm",
+    "cost",
+)
+SKIP_KEYS = {"benchmark", "machine", "goal", "passed", "quick", "duration_s", "load_average_1min"}
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:+.1f}%"
+
+
+def _cost(p: dict[str, Any]) -> str:
+    agreement = p["agreement"]
+    return (
+        f"{agreement['agreed']}/{agreement['total']} configs agree with fvcore; "
+        f"closed form {p['speed_ratio']:,.0f}x faster ({p['closed_form_median_us']} us vs {p['fvcore_median_ms']} ms)"
+    )
+
+
+def _vs_timm(p: dict[str, Any]) -> str:
+    cells = [f"{r['variant']}/{r['backend']} {r['ratio']:.2f}" for r in p["results"]]
+    return "ours/timm latency: " + ", ".join(cells)
+
+
+def _proxy_fidelity(p: dict[str, Any]) -> str:
+    taus = p["kendall_tau"]
+
+    def tau(name: str) -> str:
+        value = taus.get(name, {}).get("tau")
+        return "n/a" if value is None else f"{value:.2f}"
+
+    zero_cost = ", ".join(f"{kind} {tau(kind)}" for kind in ("synflow", "naswot", "grad_norm"))
+    over = f"tau vs {p['factor']:g}x budget over {p['summary']['configs']} configs"
+    return (
+        f"{over}: short training {tau('short_training')}; params {tau('params')}, "
+        f"FLOPs {tau('flops')} ({tau('flops_at_proxy_resolution')} at proxy res.); {zero_cost}"
+    )
+
+
+def _search_efficiency(p: dict[str, Any]) -> str:
+    s, per = p["summary"], p["per_sampler"]
+    means = ", ".join(f"{name} {row['mean']:.3f}+-{row['std'] or 0:.3f}" for name, row in per.items())
+    return (
+        f"default {s['default_sampler']} = {s['default_vs_random']:.2f}x random; winner {s['winner']}; "
+        f"hypervolume mean+-std over {len(p['seeds'])} seeds x {p['trials_per_study']} trials: {means}"
+    )
+
+
+def _scaling(p: dict[str, Any]) -> str:
+    s = p["summary"]
+    tph = s["trials_per_hour"]
+    return (
+        f"Ray overhead {_pct(s['ray_overhead'])} per trial (noise floor {100 * s['noise_floor']:.1f}%, "
+        f"start-up {s['ray_startup_s']:.1f} s apart); "
+        f"2 workers {s['speedup_2_vs_1']:.2f}x 1 worker ({tph['ray-1']:.0f} -> {tph['ray-2']:.0f} trials/h; "
+        f"in-process {tph['local']:.0f})"
+    )
+
+
+def _latency_under_load(p: dict[str, Any]) -> str:
+    s = p["summary"]
+    if s["loaded_ms"] is None:
+        return f"idle {s['idle_ms']:.2f} ms; no loaded measurement ({p.get('error')})"
+    return (
+        f"{p['config']}: idle {s['idle_ms']:.2f} ms, under a 2-worker search {s['loaded_ms']:.2f} ms "
+        f"({_pct(s['deviation'])}; worst round {100 * s['worst_round_deviation']:.1f}%)"
+    )
+
+
+def _latency_predictor(p: dict[str, Any]) -> str:
+    parts = [
+        f"{backend}: {100 * row['within_10pct']:.0f}% within +/-10% "
+        f"(median |error| {row['median_abs_error_pct']:.1f}%, {row['configs']} configs)"
+        for backend, row in p["backends"].items()
+    ]
+    return "; ".join(parts)
+
+
+def _latency_repeatability(p: dict[str, Any]) -> str:
+    parts = [f"{backend}: max spread {100 * row['max_spread']:.1f}%" for backend, row in p["backends"].items()]
+    return f"{'; '.join(parts)} over {p['runs']} processes"
+
+
+def _gpu(p: dict[str, Any]) -> str:
+    s = p["summary"]
+    return (
+        f"{s['device']}: {s['cells_measured']}/{s['cells']} latency cells; search "
+        f"{s['search_completed_trials']} completed, {s['search_failed_trials']} failed"
+    )
+
+
+SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "latency_predictor": _latency_predictor,
+    "latency_repeatability": _latency_repeatability,
+    "cost": _cost,
+    "vs_timm": _vs_timm,
+    "proxy_fidelity": _proxy_fidelity,
+    "search_efficiency": _search_efficiency,
+    "scaling": _scaling,
+    "latency_under_load": _latency_under_load,
+    "gpu": _gpu,
+}
+
+
+def _generic(payload: dict[str, Any]) -> str:
+    """For a benchmark without a summary function: its ``summary`` mapping, else its top-level scalars."""
+    source = payload.get("summary") if isinstance(payload.get("summary"), dict) else payload
+    flat: dict[str, Any] = {}
+    for key, value in source.items():
+        if key in SKIP_KEYS:
+            continue
+        if isinstance(value, dict):  # one level of nesting, e.g. per backend
+            flat.update({f"{key}.{inner}": item for inner, item in value.items()})
+        else:
+            flat[key] = value
+    parts = []
+    for key, value in flat.items():
+        if isinstance(value, (dict, list, str)) or value is None:
+            continue
+        parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+    return "; ".join(parts[:8]) or "see the JSON"
+
+
+def summarise(name: str, payload: dict[str, Any]) -> str:
+    try:
+        return SUMMARIES[name](payload)
+    except (KeyError, TypeError, ValueError, IndexError):  # an unknown or changed layout: fall back, never fail
+        return _generic(payload)
+
+
+def _machine(payload: dict[str, Any]) -> str:
+    machine = payload.get("machine", {})
+    cpu = f"{machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} CPUs)"
+    if payload.get("benchmark") == "gpu":
+        return f"GPU: {payload.get('device') or machine.get('cuda')}; host {cpu}"
+    return f"CPU: {cpu}"
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def load_results(directory: Path = RESULTS_DIR) -> dict[str, dict[str, Any]]:
+    results = {}
+    for path in sorted(directory.glob("*.json")):
+        try:
+            results[path.stem] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            results[path.stem] = {"goal": "?", "passed": False, "error": f"unreadable: {error}"}
+    return results
+
+
+def _gpu_section(payload: dict[str, Any] | None) -> list[str]:
+    lines = ["## GPU", ""]
+    if payload is None:
+        lines += [
+            "No GPU result exists yet: `benchmarks/gpu.py` has not been run on a CUDA machine. "
+            "Every figure above was measured on the CPU named in its row; none of them is a GPU figure.",
+            "",
+        ]
+        return lines
+    device = payload.get("device") or payload.get("machine", {}).get("cuda")
+    date = payload.get("machine", {}).get("date", "?")
+    quick = " (quick run)" if payload.get("quick") else ""
+    lines += [f"Device: **{device}**, {date}{quick}.", "", "| variant | batch | backend | median ms | images/s |"]
+    lines.append("|---|---:|---|---:|---:|")
+    for row in payload.get("profile", []):
+        if "error" in row:
+            lines.append(f"| {row['variant']} | {row['batch_size']} | {row['backend']} | {_cell(row['error'])} | |")
+        else:
+            lines.append(
+                f"| {row['variant']} | {row['batch_size']} | {row['backend']} | "
+                f"{row['median_ms']:.3f} | {row['images_per_s']:,.0f} |"
+            )
+    search = payload.get("search", {})
+    if search:
+        lines += [
+            "",
+            f"Short search: budget {search.get('budget_ms', 0):.3f} ms ({search.get('budget_source', '?')}), "
+            f"{search.get('completed', 0)} trials completed, {search.get('failed', 0)} failed"
+            + (f"; error: {_cell(search['error'])}" if search.get("error") else "")
+            + ".",
+        ]
+    return [*lines, ""]
+
+
+def render(results: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python benchmarks/make_table.py` from `results/benchmarks/*.json`; do not edit by hand.",
+        "Each benchmark is one script, `python benchmarks/NAME.py`, that writes `NAME.json`.",
+        "",
+        "| Benchmark | Goal | Measured | Result | Date | Machine |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = list(SUITE) + sorted(set(results) - set(SUITE) - {"gpu"})
+    for name in names:
+        payload = results.get(name)
+        if payload is None:
+            lines.append(f"| `{name}` | | not run yet | | | |")
+            continue
+        verdict = "pass" if payload.get("passed") else "**falls short**"
+        if payload.get("quick"):
+            verdict += " (quick run, not the full benchmark)"
+        date = str(payload.get("machine", {}).get("date", "?"))[:10]
+        cells = [f"`{name}`", payload.get("goal", "?"), summarise(name, payload), verdict, date, _machine(payload)]
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    lines.append("")
+    lines += _gpu_section(results.get("gpu"))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    README.parent.mkdir(parents=True, exist_ok=True)
+    README.write_text(render(load_results()))
+    print(f"wrote {README}")
+
+
+if __name__ == "__main__":
+    main()

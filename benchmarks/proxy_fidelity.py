@@ -1,0 +1,240 @@
+"""Proxy fidelity: does the default short-training proxy rank architectures like a much longer training does?
+
+Configs: xxs, xs, s and random points of the default space stratified by FLOPs
+(a fixed seed; the random config nearest each FLOPs quantile of a large random
+sample). Each is trained with the default proxy budget (``ProxySpec()``) and
+with ``--factor`` times its epochs (everything else equal), on the default
+synthetic dataset, and scored by the three zero-cost proxies. Kendall's tau
+(``scipy.stats.kendalltau``) against the long-budget accuracy is reported for
+short training, synflow, naswot, grad_norm, params and FLOPs. Goal: short
+training tau >= 0.6 and above every params / FLOPs baseline.
+
+FLOPs are given twice: at each config's own resolution (what the search sees)
+and at the proxy's training resolution (what the trained network computes: the
+proxy trains every config at ``ProxySpec.resolution``, so configs that differ
+only in resolution get the same accuracy). The goal is checked against both.
+
+The trainings run in ``--workers`` processes with one thread each (as a search
+trial does), longest first so that the two cores stay busy to the end.
+
+Run::
+
+    python benchmarks/proxy_fidelity.py           # 10 configs, short + 8x: ~45-50 min on 2 quiet cores
+    python benchmarks/proxy_fidelity.py --quick   # 5 configs, short + 2x: a smoke test, marked quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import multiprocessing
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from mvit_nas.config import PRESETS, ArchConfig, preset
+from mvit_nas.cost import count_cost
+from mvit_nas.data import ProxyData, load_dataset, parse_dataset_spec
+from mvit_nas.proxy import ProxySpec, TrialFailed, evaluate_proxy
+from mvit_nas.search import SearchSettings
+from mvit_nas.space import load_space
+
+try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
+    from _common import write_result
+except ImportError:  # pragma: no cover
+    from benchmarks._common import write_result
+
+GOAL_TAU = 0.6
+ZERO_COST = ("synflow", "naswot", "grad_norm")
+SAMPLE_SIZE = 3000  # random configs to stratify over; count_cost takes ~0.1 ms each
+SEED = 0
+
+_DATA: ProxyData | None = None  # one copy of the dataset per worker process
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One proxy evaluation of one config; ``cost`` orders the queue (largest first)."""
+
+    name: str
+    what: str  # "short", "long" or a zero-cost kind
+    config: dict[str, Any]
+    spec: dict[str, Any]
+    cost: float
+
+
+def pick_configs(count: int, proxy_resolution: int, seed: int = SEED) -> list[tuple[str, ArchConfig]]:
+    """xxs/xs/s plus ``count - 3`` random configs of the default space at evenly spaced FLOPs quantiles.
+
+    Stratifying by FLOPs at the training resolution spreads the picks over the
+    capacity range the proxy actually sees, from the smallest to the largest models.
+    """
+    space = load_space()
+    named = [(name, preset(name)) for name in PRESETS]
+    rng = random.Random(seed)
+    pool = [
+        space.decode({knob: rng.choice(values) for knob, values in space.searched_knobs.items()})
+        for _ in range(SAMPLE_SIZE)
+    ]
+    flops = np.array([count_cost(cfg, proxy_resolution).flops for cfg in pool], dtype=float)
+    strata = count - len(named)
+    targets = np.quantile(flops, (np.arange(strata) + 0.5) / strata)
+    taken: set[int] = set()
+    for index, target in enumerate(targets):
+        order = np.argsort(np.abs(flops - target))
+        pick = next(int(i) for i in order if int(i) not in taken)
+        taken.add(pick)
+        named.append((f"q{index:02d}", pool[pick]))
+    return named
+
+
+def _init_worker(dataset: str, resolution: int, cache_dir: str) -> None:
+    global _DATA
+    _DATA = load_dataset(parse_dataset_spec(dataset), resolution, cache_dir=Path(cache_dir))
+
+
+def _run(job: Job) -> dict[str, Any]:
+    assert _DATA is not None
+    spec = ProxySpec.from_dict(job.spec)
+    started = time.perf_counter()
+    try:
+        result = evaluate_proxy(ArchConfig.from_dict(job.config), spec, _DATA)
+    except TrialFailed as error:
+        return {"name": job.name, "what": job.what, "score": None, "failure": error.reason}
+    return {"name": job.name, "what": job.what, "score": result.score, "seconds": time.perf_counter() - started}
+
+
+def make_jobs(configs: list[tuple[str, ArchConfig]], short: ProxySpec, long: ProxySpec) -> list[Job]:
+    jobs = []
+    for name, cfg in configs:
+        # Training time grows with the steps and (roughly) with the FLOPs at the training resolution.
+        flops = count_cost(cfg, short.resolution).flops
+        for what, spec in (("short", short), ("long", long)):
+            jobs.append(Job(name, what, cfg.to_dict(), spec.to_dict(), spec.epochs * flops))
+        for kind in ZERO_COST:
+            jobs.append(Job(name, kind, cfg.to_dict(), dataclasses.replace(short, kind=kind).to_dict(), 0.0))
+    return sorted(jobs, key=lambda job: -job.cost)
+
+
+def run_jobs(jobs: list[Job], workers: int, dataset: str, resolution: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory(prefix="proxy-fidelity-") as cache_dir:
+        # Generate the dataset once here; the workers read the cached file.
+        load_dataset(parse_dataset_spec(dataset), resolution, cache_dir=Path(cache_dir))
+        context = multiprocessing.get_context("spawn")
+        results = []
+        with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(dataset, resolution, cache_dir)
+        ) as pool:
+            futures = [pool.submit(_run, job) for job in jobs]
+            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+                result = future.result()
+                results.append(result)
+                seconds = result.get("seconds")
+                shown = f"{seconds:7.1f} s" if seconds is not None else result.get("failure", "")
+                print(f"[{done:3d}/{len(jobs)}] {result['name']:4s} {result['what']:9s} {shown}", flush=True)
+    return results
+
+
+def kendall(table: pd.DataFrame, target: str, columns: list[str]) -> dict[str, dict[str, float | None]]:
+    """Kendall's tau-b of each column against ``target`` over the rows where both are known."""
+    out: dict[str, dict[str, float | None]] = {}
+    for column in columns:
+        both = table[[column, target]].dropna()
+        if len(both) < 3:
+            out[column] = {"tau": None, "p_value": None, "n": len(both)}
+            continue
+        result = stats.kendalltau(both[column], both[target])
+        tau = None if np.isnan(result.statistic) else round(float(result.statistic), 4)
+        p_value = None if np.isnan(result.pvalue) else round(float(result.pvalue), 5)
+        out[column] = {"tau": tau, "p_value": p_value, "n": len(both)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="5 configs, long budget 2x (a smoke test)")
+    parser.add_argument("--configs", type=int, help="configs including xxs/xs/s (default 10; quick 5)")
+    parser.add_argument("--factor", type=float, help="long budget / default budget, in epochs (default 8; quick 2)")
+    parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each")
+    args = parser.parse_args()
+    count = args.configs or (5 if args.quick else 10)
+    factor = args.factor or (2.0 if args.quick else 8.0)
+    if count < 4:
+        parser.error("--configs must be at least 4 (xxs, xs, s and one random config)")
+
+    short = ProxySpec()  # the default proxy, exactly as a search uses it
+    long = dataclasses.replace(short, epochs=short.epochs * factor)
+    dataset = SearchSettings(budget_ms=1.0).dataset  # the search's default dataset
+    configs = pick_configs(count, short.resolution)
+    jobs = make_jobs(configs, short, long)
+    load_before, started = os.getloadavg(), time.perf_counter()
+    results = run_jobs(jobs, args.workers, dataset, short.resolution)
+    elapsed = time.perf_counter() - started
+
+    rows = []
+    for name, cfg in configs:
+        mine = {r["what"]: r for r in results if r["name"] == name}
+        row: dict[str, Any] = {
+            "name": name,
+            "params": count_cost(cfg).params,
+            "flops": count_cost(cfg).flops,
+            "flops_at_proxy_resolution": count_cost(cfg, short.resolution).flops,
+            "resolution": cfg.resolution,
+            "long_accuracy": mine["long"]["score"],
+            "short_training": mine["short"]["score"],
+            **{kind: mine[kind]["score"] for kind in ZERO_COST},
+            "short_seconds": mine["short"].get("seconds"),
+            "long_seconds": mine["long"].get("seconds"),
+            "zero_cost_seconds": {kind: mine[kind].get("seconds") for kind in ZERO_COST},
+            "failures": {what: r["failure"] for what, r in mine.items() if r.get("failure")},
+            "config": cfg.to_dict(),
+        }
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("name")
+    shown = ["flops_at_proxy_resolution", "short_training", "long_accuracy", *ZERO_COST, "long_seconds"]
+    print(table[shown].to_string())
+
+    metrics = ["short_training", *ZERO_COST, "params", "flops", "flops_at_proxy_resolution"]
+    taus = kendall(table, "long_accuracy", metrics)
+    short_tau = taus["short_training"]["tau"]
+    baselines = [taus[name]["tau"] for name in ("params", "flops", "flops_at_proxy_resolution")]
+    best_baseline = max((tau for tau in baselines if tau is not None), default=None)
+    passed = short_tau is not None and short_tau >= GOAL_TAU and (best_baseline is None or short_tau > best_baseline)
+    for name, value in taus.items():
+        print(f"tau {name:26s} {value['tau']}")
+    payload = {
+        "goal": f"Kendall tau(short training, {factor:g}x-budget accuracy) >= {GOAL_TAU} and above params and FLOPs",
+        "passed": passed,
+        "quick": args.quick,
+        "summary": {
+            "short_training_tau": short_tau,
+            "best_baseline_tau": best_baseline,
+            "best_zero_cost": max(ZERO_COST, key=lambda kind: taus[kind]["tau"] or -2.0),
+            "configs": count,
+        },
+        "kendall_tau": taus,
+        "short_budget": short.to_dict(),
+        "long_budget": long.to_dict(),
+        "factor": factor,
+        "dataset": dataset,
+        "selection": f"xxs/xs/s + {count - 3} random configs of the default space nearest evenly spaced quantiles "
+        f"of FLOPs at {short.resolution}px over {SAMPLE_SIZE} random configs (seed {SEED})",
+        "workers": args.workers,
+        "threads_per_worker": short.threads,
+        "duration_s": round(elapsed, 1),
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "rows": rows,
+    }
+    print(f"passed: {passed}  ->  {write_result('proxy_fidelity', payload)}")
+
+
+if __name__ == "__main__":
+    main()
