@@ -173,7 +173,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     from mvit_nas.search import SearchSettings, search
 
     spec = resolve_spec(device=args.device, backend=args.backend, threads=args.threads)
-    proxy = ProxySpec(kind=args.proxy, seed=args.seed)
+    proxy = ProxySpec(kind=args.proxy, seed=args.seed, device=spec.device)  # train where latency is measured
     if args.epochs is not None:
         proxy = dataclasses.replace(proxy, epochs=args.epochs)
     settings = SearchSettings(
