@@ -233,7 +233,9 @@ def evaluate(trial_number: int, config: dict[str, Any], settings: dict[str, Any]
         stats = {"median": predicted, "p10": predicted, "p90": predicted, "mean": predicted, "n": 0}
         latency = {**stats, **spec.to_dict(), "peak_memory_mb": None, "predicted": True}
     else:
-        latency = measure_config(cfg, spec, lock=lock).to_dict()
+        # Export and session set-up hold the device too: on a CPU they would slow another worker's timing.
+        with lock.exclusive():
+            latency = measure_config(cfg, spec).to_dict()
     result: dict[str, Any] = {
         "params": cost.params,
         "flops": cost.flops,
