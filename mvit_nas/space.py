@@ -95,9 +95,7 @@ class SearchSpace:
 
     def contains(self, cfg: ArchConfig) -> bool:
         """Whether ``cfg``'s architecture is a point of this space (dropouts and classes aside)."""
-        return all(
-            value in self.choices[knob] or knob in TRAINING_KNOBS for knob, value in _knob_values(cfg).items()
-        )
+        return all(value in self.choices[knob] or knob in TRAINING_KNOBS for knob, value in _knob_values(cfg).items())
 
 
 def _knob_values(cfg: ArchConfig) -> dict[str, Any]:
