@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from mvit_nas.errors import InputError
+from mvit_nas.errors import InputError, shown
 
 PRESETS = ("xxs", "xs", "s")
 MAX_FINAL_CHANNELS = 960  # ml-cvnets caps the final 1x1 expansion at 960
@@ -66,12 +66,12 @@ def stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
 
 def _check_int(field: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(field, f"must be an integer in [{low}, {high}], got {value!r}")
+        raise InputError(field, f"must be an integer in [{low}, {high}], got {shown(value)}")
 
 
 def _check_rate(field: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise InputError(field, f"must be a number in [0, 1), got {value!r}")
+        raise InputError(field, f"must be a number in [0, 1), got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,8 @@ def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
     is_json = path.suffix == ".json"
     try:
         data = json.loads(text) if is_json else yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError, RecursionError) as error:
+    # PyYAML raises more than YAMLError on some malformed tags (!!bool 'maybe', !!timestamp 'x').
+    except (yaml.YAMLError, ValueError, RecursionError, AttributeError, KeyError, TypeError) as error:
         problem = getattr(error, "problem", None) or type(error).__name__
         language = "JSON" if is_json else "YAML"
         raise InputError(what, f"file {str(path)!r} is not valid {language} ({problem})") from None

@@ -11,4 +11,19 @@ class InputError(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
         self.problem = problem
-        super().__init__(f"{field}: {problem}")
+        super().__init__(_one_line(f"{field}: {problem}"))
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """Messages are printed as one line: newlines escaped, and a hostile input cannot make them huge."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, short even for a hostile value (a 5000-digit int has no repr)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -491,6 +491,8 @@ class RunOptions:
                 raise InputError(name, f"must be a positive number of seconds, got {value!r}")
         if self.executor not in ("ray", "local"):
             raise InputError("executor", f"must be ray or local, got {self.executor!r}")
+        if self.executor == "local" and self.trial_timeout is not None:
+            raise InputError("--trial-timeout", "needs the Ray executor: in-process trials cannot be stopped")
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], budget_ms: float) -> None:
@@ -558,20 +560,27 @@ def search(
 
 
 def _check_storage(run_dir: Path) -> None:
-    """A study file that is not a readable SQLite database stops the search before any work."""
+    """A study file that is not a sound SQLite database stops the search before any work.
+
+    An empty file (a kill while it was being created) is no study yet. The check opens
+    the file read-write, so a journal left by a kill mid-commit is rolled back, as
+    SQLite intends, instead of making the run look corrupted.
+    """
     path = run_dir / STORAGE_FILE
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:
         return
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
-            connection.execute("PRAGMA integrity_check").fetchall()
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            connection.text_factory = lambda data: data.decode("utf-8", "replace")
+            verdict = connection.execute("PRAGMA integrity_check").fetchall()
             connection.execute("SELECT COUNT(*) FROM trials").fetchall()
     except sqlite3.Error as error:
-        raise InputError(
-            "--run-dir", f"{path} is corrupted or not an Optuna study ({error}); nothing was changed"
-        ) from None
+        verdict = [(str(error),)]
+    if verdict != [("ok",)]:
+        problem = str(verdict[0][0])[:200]
+        raise InputError("--run-dir", f"{path} is corrupted or not an Optuna study ({problem}); nothing was changed")
 
 
 class _Driver:
@@ -618,9 +627,8 @@ class _Driver:
                     break
                 self._collect()
         except KeyboardInterrupt:
+            # In-flight trials stay RUNNING: the resume fails them as interrupted and runs them again.
             interrupted = True
-            for trial in [t for t, _ in self.in_flight.values()] + [t for ts in self.waiting.values() for t in ts]:
-                _fail(self.study, trial, INTERRUPTED)
         finally:
             if self.pool is not None:
                 self.pool.shutdown()

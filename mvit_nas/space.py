@@ -33,7 +33,7 @@ from mvit_nas.config import (
     read_mapping,
     spaces_dir,
 )
-from mvit_nas.errors import InputError
+from mvit_nas.errors import InputError, shown
 
 DEFAULT_SPACE = "mobilevit_v1.yaml"
 MV2_STAGES = ("layer1", "layer2")
@@ -120,9 +120,9 @@ def _choice_list(knob: str, raw: Any) -> tuple[Any, ...]:
         raise InputError(knob, "choice list is empty; give at least one value")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InputError(knob, f"choices must be numbers, got {value!r}")
+            raise InputError(knob, f"choices must be numbers, got {shown(value)}")
     if len(set(values)) != len(values):
-        raise InputError(knob, f"choices repeat a value: {values}")
+        raise InputError(knob, f"choices repeat a value: {shown(values)}")
     return tuple(values)
 
 
@@ -150,7 +150,12 @@ def _check_stage_combinations(stage: str, choices: dict[str, tuple[Any, ...]]) -
             MV2StageConfig(**fields).validate(stage)
         else:
             fields["ffn_dim"] = fields.pop("ffn_ratio") * fields["transformer_channels"]
-            MobileViTStageConfig(**fields).validate(stage)
+            try:
+                MobileViTStageConfig(**fields).validate(stage)
+            except InputError as error:  # space files name the ratio, not the derived ffn_dim
+                if error.field == f"{stage}.ffn_dim":
+                    raise InputError(f"{stage}.ffn_ratio", error.problem) from None
+                raise
 
 
 def parse_space(data: dict[str, Any], name: str = "space") -> SearchSpace:

@@ -129,13 +129,6 @@ needs_strace = pytest.mark.skipif(not _strace_works(), reason="needs strace with
 
 @pytest.mark.slow
 @needs_strace
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: _check_storage opens study.db read-only (mode=ro); after a kill inside a COMMIT the "
-    "hot -journal needs a rollback, the read-only open fails with 'attempt to write a readonly database' "
-    "and the resume is refused as 'corrupted' (fix: open with mode=rw, which rolls back and creates nothing)",
-)
 def test_sigkill_inside_a_commit_leaves_a_hot_journal_and_the_resume_rolls_it_back(tmp_path: Path, data: Path) -> None:
     rng = random.Random(SEED)
     requested = 5
@@ -165,13 +158,6 @@ def test_sigkill_inside_a_commit_leaves_a_hot_journal_and_the_resume_rolls_it_ba
 
 @pytest.mark.slow
 @needs_strace
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: a kill after SQLite created study.db and before the schema's first COMMIT leaves an "
-    "empty study.db, which _check_storage refuses as 'corrupted or not an Optuna study (no such table: "
-    "trials)' on every resume (fix: take an empty study.db for no study yet)",
-)
 def test_sigkill_while_the_study_file_is_created_then_the_resume_starts_the_run(tmp_path: Path, data: Path) -> None:
     run_dir = seed_run_dir(tmp_path / "run", data)
     study_file = (run_dir / STORAGE_FILE).resolve()
@@ -233,13 +219,6 @@ def test_ctrl_c_stops_cleanly_with_a_resume_hint_and_the_same_command_completes(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: on Ctrl-C _Driver.run fails the in-flight trials as 'interrupted' without enqueuing them "
-    "again, so unlike after a kill -9 their parameters (a seed xxs/xs/s among them) are never evaluated "
-    "on resume, contrary to search()'s docstring ('interrupted ones are run again')",
-)
 def test_trials_interrupted_by_ctrl_c_are_run_again_on_resume(ctrl_c_run: dict[str, Any]) -> None:
     assert ctrl_c_run["rerun"].returncode == 0
     trials = trials_of(ctrl_c_run["run_dir"])

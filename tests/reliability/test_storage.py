@@ -136,13 +136,6 @@ def _corruptions(content: bytes, count: int) -> Iterator[bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: _check_storage runs PRAGMA integrity_check but ignores its rows; a study file that SQLite "
-    "reports as damaged passes the check and the search writes into it (and a damaged page whose report "
-    "is not UTF-8 escapes as UnicodeDecodeError, an internal error)",
-)
 def test_study_file_damaged_inside_is_refused_before_any_work(tmp_path: Path, study: Path, data: Path) -> None:
     content = (study / STORAGE_FILE).read_bytes()
     for index, damaged in enumerate(_corruptions(content, count=6)):

@@ -98,12 +98,6 @@ def test_ray_worker_sigkill_is_retried_once_then_failed_and_a_hung_trial_times_o
     assert any(t.state == TrialState.COMPLETE for number, t in trials.items() if number > 2), "the search stopped"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: with executor='local' the trial runs synchronously inside submit(), so trial_timeout "
-    "is never applied: a hung trial hangs the whole search (a real 'sleep' fault blocks for an hour)",
-)
 def test_local_executor_honours_or_refuses_trial_timeout(
     tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
