@@ -272,8 +272,14 @@ def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path, monk
         *("--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"),
     ]
     subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    # On a loaded machine the head answers `ray start` before its GCS accepts clients.
+    while subprocess.run(["ray", "status", "--address", address], capture_output=True, env=env).returncode:
+        assert time.monotonic() < deadline, "the Ray head never became ready"
+        time.sleep(2)
     try:
-        outcome = search(tiny_settings(), tmp_path / "run", trials=4, workers=2, address=f"127.0.0.1:{port}")
+        outcome = search(tiny_settings(), tmp_path / "run", trials=4, workers=2, address=address)
         assert sum(is_finished(t) for t in outcome.study.get_trials(deepcopy=False)) == 4
         assert outcome.front
     finally:
