@@ -104,7 +104,22 @@ def profile(variants: tuple[str, ...]) -> list[dict[str, Any]]:
     return rows
 
 
+def _executor() -> str:
+    """Ray where it is installed; else the in-process executor, one trial at a time and no trial timeout.
+
+    Lent GPU machines may lack Ray (its wheel is larger than what can be carried there); the
+    search is then still real, only not distributed, and the JSON says which executor ran.
+    """
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "local"
+    return "ray"
+
+
 def short_search(budget_ms: float, trials: int) -> dict[str, Any]:
+    executor = _executor()
+    ray_options = {"workers": SEARCH_WORKERS, "trial_timeout": TRIAL_TIMEOUT_S} if executor == "ray" else {"workers": 1}
     settings = SearchSettings(
         budget_ms=budget_ms,
         latency=LatencySpec(device="cuda", backend="cudagraph"),
@@ -117,14 +132,13 @@ def short_search(budget_ms: float, trials: int) -> dict[str, Any]:
                 settings,
                 run_dir,
                 trials,
-                workers=SEARCH_WORKERS,
-                executor="ray",
+                executor=executor,
                 timeout=SEARCH_TIMEOUT_S,
-                trial_timeout=TRIAL_TIMEOUT_S,
+                **ray_options,
             )
         except Exception as error:
             traceback.print_exc()
-            return {"error": _error(error), "seconds": round(time.perf_counter() - started, 1)}
+            return {"error": _error(error), "executor": executor, "seconds": round(time.perf_counter() - started, 1)}
         rows = []
         for trial in outcome.study.get_trials(deepcopy=False):
             latency = trial.user_attrs.get("latency") or {}
@@ -145,8 +159,8 @@ def short_search(budget_ms: float, trials: int) -> dict[str, Any]:
         pareto = [{"trial": t.number, "accuracy": t.values[0], "latency_ms": t.values[1]} for t in front(outcome.study)]
     return {
         "settings": settings.to_dict(),
-        "workers": SEARCH_WORKERS,
-        "executor": "ray",
+        "workers": ray_options["workers"],
+        "executor": executor,
         "finished": outcome.finished,
         "completed": sum(row["state"] == "COMPLETE" for row in rows),
         "failed": sum(row["state"] == "FAIL" for row in rows),
