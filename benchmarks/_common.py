@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import platform
 from pathlib import Path
 from typing import Any
@@ -14,26 +13,17 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
 
 def machine() -> dict[str, Any]:
     """Machine, device and library versions, recorded with every result."""
-    import onnxruntime
     import optuna
-    import torch
 
-    cpu_model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from mvit_nas.predictor import machine_info
+
+    info = machine_info()
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": cpu_model,
-        "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        **{key: info[key] for key in ("platform", "cpu", "cpu_count", "cuda")},
         "python": platform.python_version(),
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "optuna": optuna.__version__},
+        "versions": {**info["versions"], "optuna": optuna.__version__},
+        "load_average_at_write": info["load_average"],
     }
 
 

@@ -64,6 +64,7 @@ def _proxy_fidelity(p: dict[str, Any]) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     zero_cost = ", ".join(f"{kind} {tau(kind)}" for kind in ("synflow", "naswot", "grad_norm"))
+    zero_cost += "".join(f"; {name} {tau(name)}" for name in p.get("alternative_short_budgets", {}))
     over = f"tau vs {p['factor']:g}x budget over {p['summary']['configs']} configs"
     return (
         f"{over}: short training {tau('short_training')}; params {tau('params')}, "

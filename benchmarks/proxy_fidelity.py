@@ -112,12 +112,18 @@ def _run(job: Job) -> dict[str, Any]:
     return {"name": job.name, "what": job.what, "score": result.score, "seconds": time.perf_counter() - started}
 
 
-def make_jobs(configs: list[tuple[str, ArchConfig]], short: ProxySpec, long: ProxySpec) -> list[Job]:
+def make_jobs(
+    configs: list[tuple[str, ArchConfig]],
+    short: ProxySpec,
+    long: ProxySpec,
+    alternatives: dict[str, ProxySpec] | None = None,
+) -> list[Job]:
     jobs = []
+    trainings = {"short": short, "long": long, **(alternatives or {})}
     for name, cfg in configs:
         # Training time grows with the steps and (roughly) with the FLOPs at the training resolution.
         flops = count_cost(cfg, short.resolution).flops
-        for what, spec in (("short", short), ("long", long)):
+        for what, spec in trainings.items():
             jobs.append(Job(name, what, cfg.to_dict(), spec.to_dict(), spec.epochs * flops))
         for kind in ZERO_COST:
             jobs.append(Job(name, kind, cfg.to_dict(), dataclasses.replace(short, kind=kind).to_dict(), 0.0))
@@ -143,6 +149,16 @@ def run_jobs(jobs: list[Job], workers: int, dataset: str, resolution: int) -> li
     return results
 
 
+def parse_alternative(text: str, short: ProxySpec) -> tuple[str, ProxySpec]:
+    """``"batch_size=16,lr=0.002"`` -> (its column name, the short budget with those fields changed)."""
+    changes: dict[str, Any] = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        current = getattr(short, key.strip())  # AttributeError names an unknown field
+        changes[key.strip()] = type(current)(value)
+    return f"short[{text}]", dataclasses.replace(short, **changes)
+
+
 def kendall(table: pd.DataFrame, target: str, columns: list[str]) -> dict[str, dict[str, float | None]]:
     """Kendall's tau-b of each column against ``target`` over the rows where both are known."""
     out: dict[str, dict[str, float | None]] = {}
@@ -164,17 +180,32 @@ def main() -> None:
     parser.add_argument("--configs", type=int, help="configs including xxs/xs/s (default 10; quick 5)")
     parser.add_argument("--factor", type=float, help="long budget / default budget, in epochs (default 8; quick 2)")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where proxies train")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate of both budgets (default {ProxySpec.lr:g})")
+    parser.add_argument("--epochs", type=float, help=f"short budget in epochs (default {ProxySpec.epochs:g})")
+    parser.add_argument("--batch-size", type=int, help=f"batch size of both budgets (default {ProxySpec.batch_size})")
+    parser.add_argument(
+        "--alternative",
+        action="append",
+        default=[],
+        help="another short recipe to rank alongside, e.g. batch_size=16 (ProxySpec fields; repeatable)",
+    )
+    parser.add_argument("--name", default="proxy_fidelity", help="result file name, for variants of the recipe")
     args = parser.parse_args()
     count = args.configs or (5 if args.quick else 10)
     factor = args.factor or (2.0 if args.quick else 8.0)
     if count < 4:
         parser.error("--configs must be at least 4 (xxs, xs, s and one random config)")
 
-    short = ProxySpec()  # the default proxy, exactly as a search uses it
+    short = ProxySpec(device=args.device)  # the default proxy, exactly as a search uses it
+    for field_name, value in (("lr", args.lr), ("epochs", args.epochs), ("batch_size", args.batch_size)):
+        if value is not None:  # a variant of the recipe, to find what moves the fidelity
+            short = dataclasses.replace(short, **{field_name: value})
     long = dataclasses.replace(short, epochs=short.epochs * factor)
     dataset = SearchSettings(budget_ms=1.0).dataset  # the search's default dataset
     configs = pick_configs(count, short.resolution)
-    jobs = make_jobs(configs, short, long)
+    alternatives = dict(parse_alternative(text, short) for text in args.alternative)
+    jobs = make_jobs(configs, short, long, alternatives)
     load_before, started = os.getloadavg(), time.perf_counter()
     results = run_jobs(jobs, args.workers, dataset, short.resolution)
     elapsed = time.perf_counter() - started
@@ -190,6 +221,7 @@ def main() -> None:
             "resolution": cfg.resolution,
             "long_accuracy": mine["long"]["score"],
             "short_training": mine["short"]["score"],
+            **{what: mine[what]["score"] for what in alternatives},
             **{kind: mine[kind]["score"] for kind in ZERO_COST},
             "short_seconds": mine["short"].get("seconds"),
             "long_seconds": mine["long"].get("seconds"),
@@ -199,10 +231,10 @@ def main() -> None:
         }
         rows.append(row)
     table = pd.DataFrame(rows).set_index("name")
-    shown = ["flops_at_proxy_resolution", "short_training", "long_accuracy", *ZERO_COST, "long_seconds"]
+    shown = ["flops_at_proxy_resolution", "short_training", *alternatives, "long_accuracy", *ZERO_COST, "long_seconds"]
     print(table[shown].to_string())
 
-    metrics = ["short_training", *ZERO_COST, "params", "flops", "flops_at_proxy_resolution"]
+    metrics = ["short_training", *alternatives, *ZERO_COST, "params", "flops", "flops_at_proxy_resolution"]
     taus = kendall(table, "long_accuracy", metrics)
     short_tau = taus["short_training"]["tau"]
     baselines = [taus[name]["tau"] for name in ("params", "flops", "flops_at_proxy_resolution")]
@@ -222,18 +254,20 @@ def main() -> None:
         },
         "kendall_tau": taus,
         "short_budget": short.to_dict(),
+        "alternative_short_budgets": {what: spec.to_dict() for what, spec in alternatives.items()},
         "long_budget": long.to_dict(),
         "factor": factor,
         "dataset": dataset,
         "selection": f"xxs/xs/s + {count - 3} random configs of the default space nearest evenly spaced quantiles "
         f"of FLOPs at {short.resolution}px over {SAMPLE_SIZE} random configs (seed {SEED})",
+        "device": args.device,
         "workers": args.workers,
         "threads_per_worker": short.threads,
         "duration_s": round(elapsed, 1),
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "rows": rows,
     }
-    print(f"passed: {passed}  ->  {write_result('proxy_fidelity', payload)}")
+    print(f"passed: {passed}  ->  {write_result(args.name, payload)}")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,10 @@ except ImportError:  # pragma: no cover
 
 VARIANTS = ("xxs", "xs", "s")
 BACKENDS = ("eager", "onnxruntime")
-ROUNDS = 8  # many short rounds rather than few long ones: both models see the same swings in load
+ROUNDS = 24  # many short rounds rather than few long ones: both models see the same swings in load
 GOAL = 1.0
 SPEC = LatencySpec(
-    device="cpu", batch_size=1, height=256, width=256, threads=2, warmup=2, min_repeats=6, min_seconds=0.2
+    device="cpu", batch_size=1, height=256, width=256, threads=2, warmup=3, min_repeats=8, min_seconds=0.3
 )
 
 

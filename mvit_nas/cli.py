@@ -105,7 +105,8 @@ def _cmd_profile(args: argparse.Namespace) -> None:
     table.add_row("multiply-adds", f"{result['flops'] / 1e9:.3f} G ({result['flops']:,})")
     table.add_row(
         f"latency ({spec.device}, {spec.backend}, {spec.threads} threads)",
-        f"median {latency['median']:.2f} ms  p10 {latency['p10']:.2f}  p90 {latency['p90']:.2f}  (n={latency['n']})",
+        f"median {latency['median']:.2f} ms  p10 {latency['p10']:.2f}  p90 {latency['p90']:.2f}  (n={latency['n']})"
+        + (f", {latency['discarded']} runs slowed by other work left out" if latency.get("discarded") else ""),
     )
     if args.predict:
         table.add_row("predicted latency (latency table)", f"{latency['predicted']:.2f} ms")

@@ -52,7 +52,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from mvit_nas.config import PRESETS, ArchConfig, preset
-from mvit_nas.errors import InputError
+from mvit_nas.errors import InputError, writable_folder
 from mvit_nas.pareto import front, hypervolume, is_feasible, seed_dominance, seed_trials
 
 __all__ = ["FORMATS", "ExportResult", "export_run", "timm_variant", "trial_stem", "trials_frame"]
@@ -233,6 +233,7 @@ def _trial_row(trial: FrozenTrial) -> dict[str, Any]:
     for stat in LATENCY_STATS:
         row[f"latency_{stat}_ms"] = latency.get(stat)
     row["latency_n"] = latency.get("n")
+    row["latency_discarded"] = latency.get("discarded")
     row.update({name: latency.get(name) for name in SPEC_FIELDS})
     row["resolution"] = _resolution(latency)  # the spec records height and width
     row.update(
@@ -274,7 +275,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
 
 def _trial_row_columns() -> list[str]:
     columns = ["number", "state", "seed", "config_key", "config", "params", "flops"]
-    columns += [f"latency_{stat}_ms" for stat in LATENCY_STATS] + ["latency_n", *SPEC_FIELDS]
+    columns += [f"latency_{stat}_ms" for stat in LATENCY_STATS] + ["latency_n", "latency_discarded", *SPEC_FIELDS]
     columns += ["latency_over_budget_ms", "accuracy", "feasible", "duration_s", "failure"]
     return [*columns, "duplicate_of", "retry_of", "datetime_start", "datetime_complete"]
 
@@ -708,12 +709,7 @@ def export_run(
         raise InputError("--run-dir", f"{run_dir} is not a folder")
     run = _open_run(run_dir)
     out = run_dir if out_dir is None else Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError("--out", f"cannot create {out}: {error.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise InputError("--out", f"{out} is not writable")
+    writable_folder(out, "--out")
 
     study = run.study
     front_trials = front(study)

@@ -138,6 +138,13 @@ class LatencySpec:
 
 
 _STAT_KEYS = {"median": "median_ms", "p10": "p10_ms", "p90": "p90_ms", "mean": "mean_ms", "n": "n"}
+# Timed runs are grouped into windows of at least this long and this many runs; a window whose
+# median is over QUIET_TOLERANCE x the lower quartile of the window medians was slowed by other
+# work on the machine (the quartile, not the fastest window, so that one lucky window sets nothing).
+WINDOW_SECONDS = 0.05
+WINDOW_MIN_RUNS = 10
+MIN_WINDOWS = 5  # with fewer windows every run is kept: too few to tell interference from noise
+QUIET_TOLERANCE = 1.10
 
 
 @dataclass(frozen=True)
@@ -163,21 +170,22 @@ class LatencyStats:
     n: int
     spec: LatencySpec
     peak_memory_mb: float | None
+    discarded: int = 0  # timed runs left out: their window was slowed by other work on the machine
 
     def to_dict(self) -> dict[str, Any]:
         stats = {key: getattr(self, name) for key, name in _STAT_KEYS.items()}
-        return {**stats, **self.spec.to_dict(), "peak_memory_mb": self.peak_memory_mb}
+        return {**stats, **self.spec.to_dict(), "peak_memory_mb": self.peak_memory_mb, "discarded": self.discarded}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
         spec_fields = {field.name for field in dataclasses.fields(LatencySpec)}
-        _reject_unknown(data, spec_fields | set(_STAT_KEYS) | {"peak_memory_mb"})
+        _reject_unknown(data, spec_fields | set(_STAT_KEYS) | {"peak_memory_mb", "discarded"})
         for key in _STAT_KEYS:
             if key not in data:
                 raise InputError(key, "is required")
         spec = LatencySpec.from_dict({key: value for key, value in data.items() if key in spec_fields})
         stats = {name: data[key] for key, name in _STAT_KEYS.items()}
-        return cls(**stats, spec=spec, peak_memory_mb=data.get("peak_memory_mb"))
+        return cls(**stats, spec=spec, peak_memory_mb=data.get("peak_memory_mb"), discarded=data.get("discarded", 0))
 
 
 def _available_threads() -> int:
@@ -538,32 +546,68 @@ class Benchmark:
         return host_timed
 
     def run(self, lock: DeviceLock | None = None) -> LatencyStats:
-        """Warm up, then time until both ``min_repeats`` and ``min_seconds`` are reached (at most ``max_repeats``)."""
+        """Warm up, then time until both ``min_repeats`` and ``min_seconds`` are reached (at most ``max_repeats``).
+
+        The timed runs are grouped into short windows. On a shared machine, other work
+        (another tenant of the host, a burst of I/O) slows whole stretches of seconds, up
+        to 3x here; windows whose median is over :data:`QUIET_TOLERANCE` x the lower
+        quartile of the window medians are left out of the statistics (counted in
+        ``discarded``), and if they are the majority, timing goes on (up to 3x
+        ``min_seconds``) to find quiet ones.
+        """
         spec = self.spec
         timed = self._timer()
         samples: list[float] = []
+        window_starts = [0]
         exclusive = lock.exclusive() if lock is not None else nullcontext()
         with exclusive, _torch_threads(spec.threads), torch.inference_mode(), _gc_paused():
             for _ in range(spec.warmup):
                 self._prepared.run()
             if spec.device == "cuda":
                 torch.cuda.synchronize()
-            started = time.perf_counter()
-            while len(samples) < spec.max_repeats and (
-                len(samples) < spec.min_repeats or time.perf_counter() - started < spec.min_seconds
-            ):
+            started = window_started = time.perf_counter()
+            while len(samples) < spec.max_repeats:
                 samples.append(timed())
-        times = np.asarray(samples)
+                now = time.perf_counter()
+                if now - window_started >= WINDOW_SECONDS and len(samples) - window_starts[-1] >= WINDOW_MIN_RUNS:
+                    window_starts.append(len(samples))
+                    window_started = now
+                if len(samples) < spec.min_repeats or now - started < spec.min_seconds:
+                    continue
+                kept = _quiet_runs(samples, window_starts)
+                if 2 * len(kept) >= len(samples) or now - started >= 3 * spec.min_seconds:
+                    break
+        kept = _quiet_runs(samples, window_starts)
+        times = np.asarray(kept)
         p10, median, p90 = np.percentile(times, [10, 50, 90])
         return LatencyStats(
             median_ms=float(median),
             p10_ms=float(p10),
             p90_ms=float(p90),
             mean_ms=float(times.mean()),
-            n=len(samples),
+            n=len(kept),
             spec=spec,
             peak_memory_mb=self.peak_memory_mb,
+            discarded=len(samples) - len(kept),
         )
+
+
+def _quiet_runs(samples: list[float], window_starts: list[int]) -> list[float]:
+    """The runs of the windows that other work did not slow (all runs if there are too few windows)."""
+    bounds = [start for start in window_starts if start < len(samples)]
+    windows = [samples[start:end] for start, end in zip(bounds, [*bounds[1:], len(samples)], strict=True)]
+    if len(windows) > 1 and len(windows[-1]) < WINDOW_MIN_RUNS:  # a short tail joins the window before it
+        windows[-2:] = [windows[-2] + windows[-1]]
+    if len(windows) < MIN_WINDOWS:
+        return list(samples)
+    medians = [float(np.median(window)) for window in windows]
+    reference = float(np.percentile(medians, 25))
+    return [
+        run
+        for window, median in zip(windows, medians, strict=True)
+        if median <= QUIET_TOLERANCE * reference
+        for run in window
+    ]
 
 
 def measure(model: nn.Module, spec: LatencySpec, lock: DeviceLock | None = None) -> LatencyStats:

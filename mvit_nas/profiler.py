@@ -37,6 +37,7 @@ class ProfileReport:
                 "p90": self.latency.p90_ms,
                 "mean": self.latency.mean_ms,
                 "n": self.latency.n,
+                "discarded": self.latency.discarded,
             },
             "peak_memory_mb": self.latency.peak_memory_mb,
             "device": spec.device,

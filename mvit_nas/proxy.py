@@ -59,6 +59,10 @@ from mvit_nas.model import build_model, from_timm
 
 log = logging.getLogger(__name__)
 
+# Deterministic cuBLAS needs a fixed workspace, read once when CUDA first initialises, so it is
+# set on import (before any CUDA work in this process); a value the user set is kept.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 KINDS = ("train", "synflow", "naswot", "grad_norm")
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "model.pt"
@@ -84,7 +88,7 @@ class ProxySpec:
     epochs: float = 0.25
     resolution: int = 64
     batch_size: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
     label_smoothing: float = 0.1

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import time
 import warnings
@@ -46,7 +47,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.cost import count_cost
 from mvit_nas.data import DatasetSpec, load_dataset, parse_dataset_spec
-from mvit_nas.errors import InputError
+from mvit_nas.errors import InputError, writable_folder
 from mvit_nas.latency import DeviceLock, LatencySpec, measure_config
 from mvit_nas.proxy import ProxySpec, TrialFailed, evaluate_proxy
 from mvit_nas.space import SearchSpace, load_space, parse_space
@@ -57,6 +58,9 @@ SETTINGS_FILE = "run.yaml"
 LOCK_FILE = ".search.lock"
 DEVICE_LOCK_FILE = ".device.lock"
 LATENCY_TABLE_FILE = "latency_table.json"  # the predictor a run uses, copied in at its start
+# Study rows, the generated dataset's cache (~160 MiB at 64 px) and the exports
+# (an ONNX file and a state dict per front point) fit well inside this.
+MIN_FREE_MIB = 256
 OBJECTIVES = ("accuracy", "latency_ms")
 INTERRUPTED = "interrupted"
 FAULT_ENV = "MVIT_NAS_TEST_FAULTS"  # test-only fault injection, see _inject_fault
@@ -536,12 +540,12 @@ def search(
     # A real dataset is checked (path, layout) before anything is written; the generated
     # one is made inside the run folder, where it is cached for the workers.
     data = None if dataset_spec.kind == "synthetic" else load_dataset(dataset_spec, settings.proxy.resolution)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError("--run-dir", f"cannot create {run_dir}: {error.strerror}") from None
-    if not os.access(run_dir, os.W_OK):
-        raise InputError("--run-dir", f"{run_dir} is not writable")
+    existing = next(folder for folder in (run_dir, *run_dir.absolute().parents) if folder.exists())
+    free_mib = shutil.disk_usage(existing).free / 2**20
+    if free_mib < MIN_FREE_MIB:
+        # Refused up front: a disk that fills mid-run fails a storage write after the work is done.
+        raise InputError("--run-dir", f"{run_dir} has {free_mib:.0f} MiB free; a search needs {MIN_FREE_MIB} MiB")
+    writable_folder(run_dir, "--run-dir")
     with _exclusive_run(run_dir):
         _check_storage(run_dir)
         if data is None:

@@ -202,6 +202,36 @@ def test_repeats_follow_min_seconds_and_max_repeats() -> None:
     assert measure(model, timed).n > 3
 
 
+def test_windows_slowed_by_other_work_are_left_out() -> None:
+    quiet, slowed = [1.0, 1.1, 0.9, 1.0], [3.0, 3.2, 2.9, 3.1]  # a burst of interference: 3x for a while
+    windows = [quiet, quiet, slowed, slowed, quiet, quiet, quiet, quiet]
+    samples = [run for window in windows for run in window]
+    starts = [4 * index for index in range(len(windows))]
+    assert latency._quiet_runs(samples, starts) == [run for window in windows if window is quiet for run in window]
+    # Too few windows to tell interference from noise: every run counts.
+    assert latency._quiet_runs(samples[:12], starts[:3]) == samples[:12]
+
+
+class _Interfered(nn.Module):
+    """Takes 1 ms a call, but 3 ms for calls 60..119: what a neighbour's burst of work looks like."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(0.003 if 60 <= self.calls < 120 else 0.001)
+        return x
+
+
+def test_measure_reports_the_undisturbed_latency_and_how_many_runs_it_left_out() -> None:
+    spec = resolve_spec(device="cpu", backend="eager", height=32, **{**FAST, "min_seconds": 0.6})
+    stats = measure(_Interfered(), spec)
+    assert stats.discarded >= 30  # most of the 60 slow calls fell in windows that were left out
+    assert stats.median_ms < 2.0 and stats.n + stats.discarded > stats.n
+
+
 def test_measure_leaves_model_threads_and_rng_alone() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout(0.5))
     threads, rng = torch.get_num_threads(), torch.get_rng_state()

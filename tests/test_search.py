@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
@@ -160,6 +161,17 @@ def test_a_second_search_on_the_same_run_is_refused(tmp_path: Path) -> None:
     assert not (run_dir / "study.db").exists()
 
 
+def test_a_run_folder_on_a_nearly_full_disk_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = 100 * 2**20  # 100 MiB, under the 256 MiB a search asks for
+    monkeypatch.setattr("mvit_nas.search.shutil.disk_usage", lambda path: SimpleNamespace(total=free, free=free))
+    with pytest.raises(InputError, match="100 MiB free") as caught:
+        search(tiny_settings(), tmp_path / "run", trials=2, executor="local")
+    assert caught.value.field == "--run-dir"
+    assert list(tmp_path.iterdir()) == []
+
+
 _DRIVER = """
 import sys
 from tests.test_search import tiny_settings
@@ -260,6 +272,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _head_node_active(address: str, env: dict[str, str]) -> bool:
+    status = subprocess.run(["ray", "status", "--address", address], capture_output=True, text=True, env=env)
+    active = status.stdout.partition("Active:")[2].partition("Pending:")[0]
+    return status.returncode == 0 and "node_" in active
+
+
 @pytest.mark.slow
 def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port = _free_port()
@@ -274,8 +292,9 @@ def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path, monk
     subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    # On a loaded machine the head answers `ray start` before its GCS accepts clients.
-    while subprocess.run(["ray", "status", "--address", address], capture_output=True, env=env).returncode:
+    # On a loaded machine `ray start` returns before the GCS accepts clients, and the GCS answers
+    # before the head's raylet has registered; a driver can only join once the node is listed active.
+    while not _head_node_active(address, env):
         assert time.monotonic() < deadline, "the Ray head never became ready"
         time.sleep(2)
     try:

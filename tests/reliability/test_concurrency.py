@@ -22,16 +22,10 @@ from reliability_helpers import (
     file_hashes,
     run_driver,
     seed_run_dir,
-    shared_data,
     write_space,
 )
 
 from mvit_nas.search import FAULT_LOG_ENV
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_data(tmp_path_factory)
 
 
 @pytest.mark.slow

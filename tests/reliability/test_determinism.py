@@ -7,28 +7,15 @@ run, so the sequence is compared over the start-up trials.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from reliability_helpers import run_driver, seed_run_dir, shared_data, tiny_settings, trials_of
+from reliability_helpers import run_driver, seed_run_dir, tiny_settings, trials_of
 
-import mvit_nas.search as search_module
 from mvit_nas.search import search
 
 STARTUP_TRIALS = 10
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_data(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _free_cached_datasets() -> Iterator[None]:
-    yield
-    search_module._dataset.cache_clear()
 
 
 def _sampled(run_dir: Path, data: Path, seed: int) -> list[tuple[dict[str, object], dict[str, object]]]:

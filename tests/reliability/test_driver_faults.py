@@ -30,7 +30,6 @@ from reliability_helpers import (
     driver_env,
     run_driver,
     seed_run_dir,
-    shared_data,
     snapshot,
     trials_of,
     write_space,
@@ -39,11 +38,6 @@ from reliability_helpers import (
 from mvit_nas.search import INTERRUPTED, STORAGE_FILE
 
 SEED = int(os.environ.get("RELIABILITY_SEED", random.SystemRandom().randrange(2**32)))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_data(tmp_path_factory)
 
 
 def _kill_when(run_dir: Path, trials: int, ready: Callable[[Path], bool], delay: float) -> None:

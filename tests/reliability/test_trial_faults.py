@@ -9,27 +9,15 @@ fault it fires, so the tests know how often, and in which process, a trial was a
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
-from reliability_helpers import seed_run_dir, shared_data, tiny_settings
+from reliability_helpers import seed_run_dir, tiny_settings
 
 import mvit_nas.search as search_module
 from mvit_nas import InputError
 from mvit_nas.search import FAULT_ENV, FAULT_LOG_ENV, is_finished, search
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_data(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _free_cached_datasets() -> Iterator[None]:
-    yield
-    search_module._dataset.cache_clear()  # in-process searches keep their dataset otherwise
 
 
 def _fault_log(path: Path) -> list[tuple[int, str, int]]:
