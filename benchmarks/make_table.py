@@ -52,8 +52,11 @@ def _cost(p: dict[str, Any]) -> str:
 
 
 def _vs_timm(p: dict[str, Any]) -> str:
-    cells = [f"{r['variant']}/{r['backend']} {r['ratio']:.2f}" for r in p["results"]]
-    return "ours/timm latency: " + ", ".join(cells)
+    def cell(r: dict[str, Any]) -> str:
+        interval = f" [{r['ratio_ci95'][0]:.2f}, {r['ratio_ci95'][1]:.2f}]" if "ratio_ci95" in r else ""
+        return f"{r['variant']}/{r['backend']} {r['ratio']:.2f}{interval}"
+
+    return "ours/timm latency (95% interval): " + ", ".join(cell(r) for r in p["results"])
 
 
 def _proxy_fidelity(p: dict[str, Any]) -> str:
@@ -157,8 +160,10 @@ def _generic(payload: dict[str, Any]) -> str:
 
 
 def summarise(name: str, payload: dict[str, Any]) -> str:
+    # A variant's file (e.g. proxy_fidelity_lr3e-3, from --name) is summarised like its benchmark.
+    known = [key for key in SUMMARIES if name == key or name.startswith(key + "_")]
     try:
-        return SUMMARIES[name](payload)
+        return SUMMARIES[max(known, key=len)](payload)
     except (KeyError, TypeError, ValueError, IndexError):  # an unknown or changed layout: fall back, never fail
         return _generic(payload)
 
@@ -168,6 +173,8 @@ def _machine(payload: dict[str, Any]) -> str:
     cpu = f"{machine.get('cpu', '?')} ({machine.get('cpu_count', '?')} CPUs)"
     if payload.get("benchmark") == "gpu":
         return f"GPU: {payload.get('device') or machine.get('cuda')}; host {cpu}"
+    if payload.get("device") == "cuda":  # a CPU benchmark run on a GPU (e.g. proxy_fidelity --device cuda)
+        return f"GPU: {machine.get('cuda')}; host {cpu}"
     return f"CPU: {cpu}"
 
 
