@@ -453,7 +453,9 @@ def _requeue_interrupted(study: optuna.Study) -> int:
             attrs = {"retry_of": trial.number}
             if "seed" in trial.user_attrs:
                 attrs["seed"] = trial.user_attrs["seed"]
-            study.enqueue_trial(trial.params, user_attrs=attrs, skip_if_exists=False)
+            # A trial killed before it took its enqueued parameters has them only as fixed_params.
+            params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
         study._storage.set_trial_user_attr(trial._trial_id, "failure", INTERRUPTED)  # no public setter
         study.tell(trial.number, state=TrialState.FAIL)
         count += 1

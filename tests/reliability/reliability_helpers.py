@@ -242,7 +242,12 @@ def assert_run_complete(run_dir: Path, requested: int, *, check_retries: bool = 
         if trial.user_attrs.get("failure") == INTERRUPTED:
             retries = [t for t in trials if t.user_attrs.get("retry_of") == trial.number]
             assert len(retries) == 1, f"interrupted trial {trial.number} was queued {len(retries)} times"
-            assert trial.params.items() <= retries[0].params.items()
+            # A retry can itself be interrupted (even before it took its parameters): follow the chain
+            # to the run that finished, which must have had every parameter the first one had.
+            final = retries[0]
+            while final.user_attrs.get("failure") == INTERRUPTED:
+                final = next(t for t in trials if t.user_attrs.get("retry_of") == final.number)
+            assert trial.params.items() <= final.params.items(), f"trial {final.number} lost {trial.number}'s params"
     return trials
 
 
