@@ -35,7 +35,7 @@ from reliability_helpers import (
     write_space,
 )
 
-from mvit_nas.search import INTERRUPTED, STORAGE_FILE
+from mvit_nas.search import FAULT_ENV, INTERRUPTED, STORAGE_FILE
 
 SEED = int(os.environ.get("RELIABILITY_SEED", random.SystemRandom().randrange(2**32)))
 
@@ -181,9 +181,18 @@ def ctrl_c_run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str
         *("--trials", str(requested), "--epochs", "0.01", "--backend", "eager", "--threads", "1"),
         *("--workers", "2", "--run-dir", str(run_dir)),
     ]
+    # Trials 2-5 hang (in this first run only), so the run cannot finish before the Ctrl-C lands:
+    # tiny trials are fast enough that a quiet machine otherwise completes all six first.
+    hanging = {**os.environ, FAULT_ENV: "2:sleep,3:sleep,4:sleep,5:sleep"}
     # Its own session, so that the SIGINT goes to the whole process group, as Ctrl-C in a terminal does.
     process = subprocess.Popen(
-        command, cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        cwd=folder,
+        env=hanging,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 300
     while completed_count(run_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
