@@ -193,6 +193,9 @@ def ctrl_c_run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A shell runs background jobs with SIGINT ignored, and children inherit that; a terminal's
+        # Ctrl-C reaches a driver whose SIGINT is at its default, so give the driver that default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while completed_count(run_dir) < 1 and process.poll() is None and time.monotonic() < deadline:
