@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import timm
 import torch
+from scipy import stats
 from torch import nn
 
 from mvit_nas import build_model, from_timm, preset
@@ -74,9 +75,8 @@ def compare(variant: str, backend: str, ours: nn.Module, theirs: nn.Module) -> d
     ratios = ours_ms / timm_ms
     ratio = float(np.median(ratios))
     # 95% bootstrap interval of the median ratio: whether a difference is real or the machine's noise.
-    rng = np.random.default_rng(0)
-    resampled = np.median(rng.choice(ratios, size=(2000, len(ratios))), axis=1)
-    low, high = (float(value) for value in np.percentile(resampled, [2.5, 97.5]))
+    interval = stats.bootstrap((ratios,), np.median, method="percentile", random_state=0).confidence_interval
+    low, high = float(interval.low), float(interval.high)
     print(
         f"{variant:>3} {backend:<11} ours {np.median(ours_ms):8.2f} ms  timm {np.median(timm_ms):8.2f} ms  "
         f"ratio {ratio:.3f} [{low:.3f}, {high:.3f}]",
@@ -104,7 +104,7 @@ def main() -> None:
     payload = {
         "goal": f"latency ours / timm <= {GOAL} for every variant and backend (median over alternating pairs)",
         "passed": all(result["passed"] for result in results),
-        "spec": SPEC.to_dict() | {"backend": list(BACKENDS), "per_turn": "see turns"},
+        "spec": SPEC.to_dict() | {"backend": list(BACKENDS)},  # warm-up and repeats per turn: "turns"
         "turns": TURNS,
         # The machine is shared: the load around the run says how much to trust small differences.
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
