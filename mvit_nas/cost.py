@@ -80,7 +80,9 @@ def _mobilevit_block(c: _Counter, channels: int, stage: MobileViTStageConfig, hw
     height, width = hw
     dim = stage.transformer_channels
     c.conv_bn(channels, channels, 3, hw)
-    c.conv(channels, dim, 1, hw)
+    # conv_1x1: a bias-free 1x1 conv the model applies as a matmul over channels-last pixels.
+    c.params += channels * dim
+    c.flops[LINEAR] += c.batch_size * height * width * channels * dim
     new_h = math.ceil(height / stage.patch_h) * stage.patch_h
     new_w = math.ceil(width / stage.patch_w) * stage.patch_w
     if (new_h, new_w) != (height, width):
