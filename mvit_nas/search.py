@@ -317,7 +317,10 @@ class RayExecutor:
         if address:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         else:
+            # "local": a new private instance even where `ray start` left a cluster running on this
+            # machine, which ray.init() without an address would join.
             ray.init(
+                address="local",
                 num_cpus=workers * cpus_per_trial,
                 include_dashboard=False,
                 _node_ip_address="127.0.0.1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -262,10 +263,13 @@ def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path) -> N
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
     start = [
-        *("ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port)),
+        *("ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port)),
         *("--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"),
     ]
-    subprocess.run(start, check=True, capture_output=True, env=env, timeout=180)
+    # --block in a session of its own, so that stopping it stops this head only: `ray stop` would
+    # kill every Ray on the machine, including other tests' private ones when the suite runs in parallel.
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    head = subprocess.Popen(start, env=env, start_new_session=True, **quiet)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
@@ -282,4 +286,10 @@ def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path) -> N
         assert sum(is_finished(t) for t in _trials(run_dir)) == 4
         assert "front 0" not in driver.stdout and "front" in driver.stdout
     finally:
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+        _stop_session(head)
+
+
+def _stop_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL ``process``'s session: the Ray head and every process it started (they share its group)."""
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)

@@ -68,8 +68,9 @@ def test_ray_worker_sigkill_is_retried_once_then_failed_and_a_hung_trial_times_o
     monkeypatch.setenv(FAULT_ENV, "1:kill,2:sleep")
     monkeypatch.setenv(FAULT_LOG_ENV, str(log))
     run_dir = seed_run_dir(tmp_path / "run", data)
-    # The timeout is far above a tiny trial (about a second, plus a worker's start).
-    outcome = search(tiny_settings(), run_dir, trials=5, executor="ray", workers=2, trial_timeout=40)
+    # The timeout counts from submission, so it must cover trial 1's two attempts, each with a fresh
+    # worker's start (seconds on a quiet machine; a run of 40 s was too short under a parallel suite).
+    outcome = search(tiny_settings(), run_dir, trials=5, executor="ray", workers=2, trial_timeout=75)
 
     fired = _fault_log(log)
     kills = [pid for trial, fault, pid in fired if (trial, fault) == (1, "kill")]
@@ -81,7 +82,7 @@ def test_ray_worker_sigkill_is_retried_once_then_failed_and_a_hung_trial_times_o
     assert trials[1].state == TrialState.FAIL
     assert trials[1].user_attrs["failure"].startswith("worker died"), trials[1].user_attrs["failure"]
     assert trials[2].state == TrialState.FAIL
-    assert trials[2].user_attrs["failure"] == "timeout: ran longer than 40 s"
+    assert trials[2].user_attrs["failure"] == "timeout: ran longer than 75 s"
     assert sum(is_finished(t) for t in trials.values()) == 5
     assert any(t.state == TrialState.COMPLETE for number, t in trials.items() if number > 2), "the search stopped"
 
