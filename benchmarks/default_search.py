@@ -1,9 +1,12 @@
 """The quick-start search as a user runs it, then every front point re-profiled with the same spec.
 
 Runs ``mvit-nas search --budget-ms B --run-dir DIR`` with defaults (Ray, 2 workers),
-then ``mvit-nas profile --config`` on each exported front config. Goal: the search
-finishes in under 15 minutes with a non-empty front, and every front point
-re-measures within the budget plus 10%.
+then ``mvit-nas profile --config`` on each exported front config, three times in
+round-robin (separate processes, as a user re-profiles), once the search's Ray has
+exited. Goal: the search finishes in under 15 minutes with a non-empty front, and
+every front point re-measures (median of the three re-profiles) within the budget
+plus 10%. Each re-profile is recorded: on a shared host one alone can land in a
+slow stretch (see ``latency_repeatability``).
 
     python benchmarks/default_search.py [--budget-ms 5] [--run-dir DIR]
 """
@@ -11,13 +14,26 @@ re-measures within the budget plus 10%.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 from _common import write_result
+
+REPROFILES = 3
+
+
+def _wait_for_ray_to_exit(limit_s: float = 60.0) -> None:
+    """Until no Ray daemon is left on the machine (its shutdown would slow the first re-profile)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if subprocess.run(["pgrep", "-f", "raylet|gcs_server"], capture_output=True).returncode != 0:
+            return
+        time.sleep(1)
 
 
 def main() -> None:
@@ -29,13 +45,26 @@ def main() -> None:
     started = time.monotonic()
     subprocess.run(["mvit-nas", "search", "--budget-ms", str(args.budget_ms), "--run-dir", str(run_dir)], check=True)
     search_seconds = time.monotonic() - started
-    front = []
-    for config in sorted((run_dir / "configs").glob("trial_*.yaml")):
-        report = subprocess.run(
-            ["mvit-nas", "profile", "--config", str(config), "--json"], check=True, capture_output=True, text=True
-        )
-        latency = json.loads(report.stdout)["latency_ms"]
-        front.append({"config": config.name, "remeasured_median_ms": latency["median"], "p90_ms": latency["p90"]})
+    _wait_for_ray_to_exit()
+    configs = sorted((run_dir / "configs").glob("trial_*.yaml"))
+    remeasured: dict[str, list[float]] = {config.name: [] for config in configs}
+    for _ in range(REPROFILES):
+        for config in configs:
+            report = subprocess.run(
+                ["mvit-nas", "profile", "--config", str(config), "--json"], check=True, capture_output=True, text=True
+            )
+            remeasured[config.name].append(json.loads(report.stdout)["latency_ms"]["median"])
+    with (run_dir / "pareto.csv").open() as table:
+        searched = {Path(row["config_file"]).name: float(row["latency_median_ms"]) for row in csv.DictReader(table)}
+    front = [
+        {
+            "config": name,
+            "search_median_ms": searched.get(name),
+            "remeasured_median_ms": statistics.median(values),
+            "remeasured_ms": values,
+        }
+        for name, values in remeasured.items()
+    ]
     limit = 1.1 * args.budget_ms
     passed = search_seconds < 15 * 60 and bool(front) and all(p["remeasured_median_ms"] <= limit for p in front)
     path = write_result(

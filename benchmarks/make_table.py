@@ -127,7 +127,17 @@ def _gpu(p: dict[str, Any]) -> str:
     )
 
 
+def _default_search(p: dict[str, Any]) -> str:
+    remeasured = [point["remeasured_median_ms"] for point in p["front"]]
+    spread = f"{min(remeasured):.2f}-{max(remeasured):.2f} ms" if remeasured else "none"
+    return (
+        f"`mvit-nas search --budget-ms {p['budget_ms']:g}`: {p['search_seconds'] / 60:.1f} min, front of "
+        f"{p['front_size']}; front points re-profiled: {spread}"
+    )
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "default_search": _default_search,
     "latency_predictor": _latency_predictor,
     "latency_repeatability": _latency_repeatability,
     "cost": _cost,
