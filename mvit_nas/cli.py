@@ -295,7 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--space", help="search space YAML (default: the bundled mobilevit_v1.yaml)")
     search.add_argument("--trials", type=_positive_int, default=24, help="finished trials to reach (default: 24)")
     search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument("--trial-timeout", type=float, help="fail a trial that runs longer than this (seconds)")
+    search.add_argument(
+        "--trial-timeout",
+        type=float,
+        help="fail a trial not finished this many seconds after it was submitted (worker start and retry included)",
+    )
     search.add_argument("--workers", type=_positive_int, default=2, help="concurrent trials (default: 2)")
     _add_device_args(search)
     search.add_argument("--dataset", default="synthetic", help="synthetic | cifar10:PATH | cifar100:PATH | folder:PATH")

@@ -58,8 +58,8 @@ class _Counter:
         self.params += out_ch * (in_ch // groups) * kernel * kernel
         self.flops[CONV] += self.batch_size * out_hw[0] * out_hw[1] * out_ch * (in_ch // groups) * kernel * kernel
 
-    def linear(self, tokens: int, in_features: int, out_features: int) -> None:
-        self.params += in_features * out_features + out_features
+    def linear(self, tokens: int, in_features: int, out_features: int, bias: bool = True) -> None:
+        self.params += in_features * out_features + (out_features if bias else 0)
         self.flops[LINEAR] += tokens * in_features * out_features
 
     def layer_norm(self, tokens: int, dim: int) -> None:
@@ -80,9 +80,7 @@ def _mobilevit_block(c: _Counter, channels: int, stage: MobileViTStageConfig, hw
     height, width = hw
     dim = stage.transformer_channels
     c.conv_bn(channels, channels, 3, hw)
-    # conv_1x1: a bias-free 1x1 conv the model applies as a matmul over channels-last pixels.
-    c.params += channels * dim
-    c.flops[LINEAR] += c.batch_size * height * width * channels * dim
+    c.linear(c.batch_size * height * width, channels, dim, bias=False)  # conv_1x1, run as a matmul over pixels
     new_h = math.ceil(height / stage.patch_h) * stage.patch_h
     new_w = math.ceil(width / stage.patch_w) * stage.patch_w
     if (new_h, new_w) != (height, width):

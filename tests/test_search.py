@@ -273,8 +273,8 @@ def test_search_against_an_existing_ray_cluster_on_loopback(tmp_path: Path) -> N
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     try:
-        # On a loaded machine `ray start` returns before the GCS accepts clients, and the GCS answers
-        # before the head's raylet has registered; a driver can only join once the node is listed active.
+        # The head comes up in stages (the GCS answers before the head's raylet has registered):
+        # a driver can only join once the node is listed active.
         while not _head_node_active(address, env):
             assert time.monotonic() < deadline, "the Ray head never became ready"
             time.sleep(2)
