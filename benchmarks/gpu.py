@@ -38,8 +38,8 @@ import torch
 from mvit_nas.config import PRESETS, preset
 from mvit_nas.latency import LatencySpec, measure
 from mvit_nas.model import build_model
-from mvit_nas.pareto import front
 from mvit_nas.proxy import ProxySpec
+from mvit_nas.report import front
 from mvit_nas.search import SearchSettings, search
 
 try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository

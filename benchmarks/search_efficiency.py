@@ -19,7 +19,7 @@ cheap but real objective, set up like the real search:
 
 The score of an architecture does not depend on the config's resolution (the
 proxy runs at its own resolution), so it is cached per architecture, across
-resolutions. Figure of merit: Optuna's hypervolume (``mvit_nas.pareto``) of the
+resolutions. Figure of merit: Optuna's hypervolume (``mvit_nas.report``) of the
 feasible front against the fixed reference point (0, budget). Goal: the default
 sampler's mean hypervolume >= 1.2x random's. The winner is reported so that it
 can be made the default.
@@ -55,8 +55,9 @@ from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.cost import count_cost
 from mvit_nas.data import ProxyData, load_dataset, parse_dataset_spec
 from mvit_nas.latency import LatencySpec, measure_config
-from mvit_nas.pareto import front, hypervolume, is_feasible
 from mvit_nas.proxy import ProxySpec, TrialFailed, evaluate_proxy
+from mvit_nas.report import front, hypervolume
+from mvit_nas.run import is_feasible
 from mvit_nas.search import SAMPLERS, SearchSettings, config_key
 from mvit_nas.space import load_space
 

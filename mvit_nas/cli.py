@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from mvit_nas.errors import InputError
+from mvit_nas.config import PRESETS
+from mvit_nas.settings import DEFAULT_TRIALS, DEFAULT_WORKERS, LATENCY_SOURCES, SAMPLERS
+from mvit_nas.validate import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -48,11 +50,10 @@ def _load_arch(args: argparse.Namespace) -> Any:
 
 
 def _cmd_space(args: argparse.Namespace) -> None:
-    from mvit_nas.config import PRESETS, preset
     from mvit_nas.space import load_space
 
     space = load_space(args.space)
-    seeds = {name: space.contains(preset(name)) for name in PRESETS}
+    seeds = space.seeds_inside()
     if args.json:
         knobs = {knob: list(values) for knob, values in space.choices.items()}
         print(json.dumps({"name": space.name, "architectures": space.cardinality, "knobs": knobs, "seeds": seeds}))
@@ -72,26 +73,15 @@ def _cmd_space(args: argparse.Namespace) -> None:
 
 
 def _cmd_profile(args: argparse.Namespace) -> None:
-    import dataclasses
-
     from mvit_nas.latency import resolve_spec
     from mvit_nas.profiler import profile
 
     cfg = _load_arch(args)
     resolution = args.resolution or cfg.resolution
     spec = resolve_spec(
-        device=args.device,
-        backend=args.backend,
-        batch_size=args.batch_size,
-        height=resolution,
-        threads=args.threads,
+        device=args.device, backend=args.backend, batch_size=args.batch_size, height=resolution, threads=args.threads
     )
-    report = profile(dataclasses.replace(cfg, resolution=resolution), spec)
-    result = report.to_dict()
-    if args.predict:
-        from mvit_nas.predictor import load_table
-
-        result["latency_ms"]["predicted"] = load_table(spec).predict(report.config)
+    result = profile(cfg, spec, predict=args.predict).to_dict()
     if args.json:
         print(json.dumps(result))
         return
@@ -115,7 +105,7 @@ def _cmd_profile(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
-class SearchProgress:
+class _ProgressBar:
     """A rich progress bar: trials finished, how many fit the budget, the current front size."""
 
     def __init__(self, total: int) -> None:
@@ -130,21 +120,16 @@ class SearchProgress:
         )
         self._task = self._progress.add_task("search", total=total, status="starting")
 
-    def __enter__(self) -> SearchProgress:
+    def __enter__(self) -> _ProgressBar:
         self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
-    def update(self, study: Any) -> None:
-        from mvit_nas.search import is_finished
-
-        trials = study.get_trials(deepcopy=False)
-        finished = sum(is_finished(t) for t in trials)
-        feasible = sum(bool(t.user_attrs.get("feasible")) and not t.user_attrs.get("failure") for t in trials)
-        status = f"feasible {feasible}  front {len(study.best_trials)}"
-        self._progress.update(self._task, completed=finished, status=status)
+    def update(self, progress: Any) -> None:
+        status = f"feasible {progress.feasible}  front {progress.front}"
+        self._progress.update(self._task, completed=progress.finished, status=status)
 
 
 def _cmd_latency_table_build(args: argparse.Namespace) -> None:
@@ -159,70 +144,51 @@ def _cmd_latency_table_build(args: argparse.Namespace) -> None:
     print(f"latency table for {spec.device}/{spec.backend}/{spec.threads} threads written to {path}")
 
 
-def _default_run_dir(args: argparse.Namespace) -> str:
-    # Deterministic, so that re-running the same command resumes the same run.
-    return os.path.join("results", f"search-{args.budget_ms:g}ms-seed{args.seed}")
-
-
 def _cmd_search(args: argparse.Namespace) -> int:
-    import dataclasses
+    from mvit_nas.pipeline import run_search
+    from mvit_nas.settings import RunOptions, SearchSettings
 
-    from mvit_nas.config import read_mapping
-    from mvit_nas.export import export_run
-    from mvit_nas.latency import resolve_spec
-    from mvit_nas.proxy import ProxySpec
-    from mvit_nas.search import SearchSettings, search
-
-    spec = resolve_spec(device=args.device, backend=args.backend, threads=args.threads)
-    proxy = ProxySpec(kind=args.proxy, seed=args.seed, device=spec.device)  # train where latency is measured
-    if args.epochs is not None:
-        proxy = dataclasses.replace(proxy, epochs=args.epochs)
-    settings = SearchSettings(
-        budget_ms=args.budget_ms,
-        space=read_mapping(args.space, "--space") if args.space else None,
-        latency=spec,
-        proxy=proxy,
+    settings = SearchSettings.create(
+        args.budget_ms,
+        space_file=args.space,
+        device=args.device,
+        backend=args.backend,
+        threads=args.threads,
+        proxy=args.proxy,
+        epochs=args.epochs,
         dataset=args.dataset,
         sampler=args.sampler,
         seed=args.seed,
         latency_source=args.latency,
     )
-    if args.latency == "predicted":
-        from mvit_nas.predictor import load_table
-
-        load_table(spec)  # a missing or mismatched table is bad input, before anything is written
-    run_dir = args.run_dir or _default_run_dir(args)
-    with SearchProgress(total=args.trials) as progress:
-        outcome = search(
-            settings,
-            run_dir,
-            trials=args.trials,
-            timeout=args.timeout,
-            workers=args.workers,
-            address=args.address,
-            trial_timeout=args.trial_timeout,
-            progress=progress.update,
+    options = RunOptions(
+        trials=args.trials,
+        timeout=args.timeout,
+        workers=args.workers,
+        address=args.address,
+        trial_timeout=args.trial_timeout,
+    )
+    with _ProgressBar(total=args.trials) as bar:
+        result = run_search(settings, args.run_dir, options, progress=bar.update)
+    if result.export is None:
+        print(
+            f"stopped after {result.outcome.finished} finished trials; rerun the same command to resume",
+            file=sys.stderr,
         )
-    if outcome.interrupted:
-        print(f"stopped after {outcome.finished} finished trials; rerun the same command to resume", file=sys.stderr)
         return 130
-    if args.latency == "predicted":
-        from mvit_nas.search import measure_front
-
-        for row in measure_front(run_dir):
-            print(
-                f"front trial {row['trial']}: predicted {row['predicted_ms']:.2f} ms, "
-                f"measured {row['measured_ms']:.2f} ms ({row['error_pct']:+.1f}%)"
-            )
-    exported = export_run(run_dir)
-    front = f"Pareto front: {exported.front_size} points within {args.budget_ms:g} ms"
-    print(f"{outcome.finished} trials in {run_dir}; {front}")
-    print(f"see {os.path.join(run_dir, 'summary.md')} and {os.path.join(run_dir, 'pareto.png')}")
+    for row in result.front_latency:
+        print(
+            f"front trial {row.trial}: predicted {row.predicted_ms:.2f} ms, "
+            f"measured {row.measured_ms:.2f} ms ({row.error_pct:+.1f}%)"
+        )
+    front = f"Pareto front: {result.export.front_size} points within {args.budget_ms:g} ms"
+    print(f"{result.outcome.finished} trials in {result.run_dir}; {front}")
+    print(f"see {result.run_dir / 'summary.md'} and {result.run_dir / 'pareto.png'}")
     return EXIT_OK
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from mvit_nas.export import export_run
+    from mvit_nas.report import export_run
 
     result = export_run(args.run_dir, out_dir=args.out, formats=tuple(args.format or ("yaml",)))
     for path in result.paths:
@@ -230,33 +196,50 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    import dataclasses
+    from mvit_nas.pipeline import train_run
 
-    import torch
-
-    from mvit_nas.config import load_config
-    from mvit_nas.data import load_dataset, parse_dataset_spec
-    from mvit_nas.proxy import train
-
-    cfg = load_config(args.config)
-    data = load_dataset(parse_dataset_spec(args.dataset), args.resolution)
-    init = None
-    if args.init:
-        try:
-            init = torch.load(args.init, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as error:
-            raise InputError("--init", f"cannot read {args.init!r} as a state dict ({error})") from None
-    out = args.out or os.path.join("results", "train", os.path.splitext(os.path.basename(args.config))[0])
-    result = train(
-        dataclasses.replace(cfg, num_classes=data.num_classes),
-        data,
-        epochs=args.epochs,
-        resolution=args.resolution,
-        seed=args.seed,
-        init_state_dict=init,
-        checkpoint_dir=out,
+    result, out = train_run(
+        args.config, args.dataset, args.epochs, args.resolution, init=args.init, seed=args.seed, out=args.out
     )
     print(f"top-1 accuracy {result.accuracy:.4f} after {result.epochs} epochs; checkpoints in {out}")
+
+
+def _add_search_parser(commands: Any) -> None:
+    search = commands.add_parser("search", help="search the accuracy-latency Pareto front under a latency budget")
+    search.add_argument("--budget-ms", type=float, required=True, help="latency budget per image batch, in ms")
+    search.add_argument("--space", help="search space YAML (default: the bundled mobilevit_v1.yaml)")
+    search.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=DEFAULT_TRIALS,
+        help=f"finished trials to reach (default: {DEFAULT_TRIALS})",
+    )
+    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    search.add_argument(
+        "--trial-timeout",
+        type=float,
+        help="fail a trial not finished this many seconds after it was submitted (worker start and retry included)",
+    )
+    search.add_argument(
+        "--workers", type=_positive_int, default=DEFAULT_WORKERS, help=f"concurrent trials (default: {DEFAULT_WORKERS})"
+    )
+    _add_device_args(search)
+    search.add_argument("--dataset", default="synthetic", help="synthetic | cifar10:PATH | cifar100:PATH | folder:PATH")
+    search.add_argument("--proxy", default="train", help="train | synflow | naswot | grad_norm (default: train)")
+    search.add_argument("--epochs", type=float, help="proxy training epochs (default: the proxy's own)")
+    search.add_argument("--sampler", default="tpe", help=f"{' | '.join(SAMPLERS)} (default: tpe)")
+    search.add_argument(
+        "--latency",
+        default="measured",
+        choices=LATENCY_SOURCES,
+        help="measure each trial, or predict from `mvit-nas latency-table build` (front measured at the end)",
+    )
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument(
+        "--run-dir", help="run folder; the same folder resumes (default: results/search-<budget>ms-seed<seed>)"
+    )
+    search.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
+    search.set_defaults(run=_cmd_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     profile = commands.add_parser("profile", help="parameters, multiply-adds, latency and memory of one model")
     which = profile.add_mutually_exclusive_group(required=True)
-    which.add_argument("--variant", choices=("xxs", "xs", "s"), help="a published MobileViT")
+    which.add_argument("--variant", choices=PRESETS, help="a published MobileViT")
     which.add_argument("--config", help="an ArchConfig YAML or JSON file (e.g. exported by a search)")
     profile.add_argument("--resolution", type=_positive_int, help="input size in px (default: the config's)")
     profile.add_argument("--batch-size", type=_positive_int, default=1)
@@ -290,34 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", help="table file (default: results/latency_tables/<device>-<backend>-<threads>t.json)")
     build.set_defaults(run=_cmd_latency_table_build)
 
-    search = commands.add_parser("search", help="search the accuracy-latency Pareto front under a latency budget")
-    search.add_argument("--budget-ms", type=float, required=True, help="latency budget per image batch, in ms")
-    search.add_argument("--space", help="search space YAML (default: the bundled mobilevit_v1.yaml)")
-    search.add_argument("--trials", type=_positive_int, default=24, help="finished trials to reach (default: 24)")
-    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument(
-        "--trial-timeout",
-        type=float,
-        help="fail a trial not finished this many seconds after it was submitted (worker start and retry included)",
-    )
-    search.add_argument("--workers", type=_positive_int, default=2, help="concurrent trials (default: 2)")
-    _add_device_args(search)
-    search.add_argument("--dataset", default="synthetic", help="synthetic | cifar10:PATH | cifar100:PATH | folder:PATH")
-    search.add_argument("--proxy", default="train", help="train | synflow | naswot | grad_norm (default: train)")
-    search.add_argument("--epochs", type=float, help="proxy training epochs (default: the proxy's own)")
-    search.add_argument("--sampler", default="tpe", help="tpe | nsga2 | random (default: tpe)")
-    search.add_argument(
-        "--latency",
-        default="measured",
-        choices=("measured", "predicted"),
-        help="measure each trial, or predict from `mvit-nas latency-table build` (front measured at the end)",
-    )
-    search.add_argument("--seed", type=int, default=0)
-    search.add_argument(
-        "--run-dir", help="run folder; the same folder resumes (default: results/search-<budget>ms-seed<seed>)"
-    )
-    search.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
-    search.set_defaults(run=_cmd_search)
+    _add_search_parser(commands)
 
     export = commands.add_parser("export", help="write the run's tables, plot, summary and front configs/models")
     export.add_argument("--run-dir", required=True)

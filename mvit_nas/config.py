@@ -5,13 +5,17 @@ ml-cvnets): ``out_channels``, ``mv2_exp``, ``num_blocks`` for the MobileNetV2
 stages (layer1, layer2) and, for the MobileViT stages (layer3..layer5),
 ``transformer_channels``, ``ffn_dim``, ``transformer_blocks``, ``num_heads``,
 ``patch_h``, ``patch_w``. Strides are structural (layer1 keeps the resolution,
-every other stage halves it) and so are not fields.
+every other stage halves it) and so are not fields: :data:`STRIDES` and
+:func:`layout` are the one description of the stage layout, which the model, the
+cost counter and the latency predictor all walk.
 
-Example::
+Example:
 
-    from mvit_nas import preset
-    cfg = preset("xxs")
-    assert ArchConfig.from_dict(cfg.to_dict()) == cfg
+>>> cfg = preset("xxs")
+>>> ArchConfig.from_dict(cfg.to_dict()) == cfg
+True
+>>> layout(cfg).head.height  # the 256 px input is 8 px after five stride-2 steps
+8
 """
 
 from __future__ import annotations
@@ -21,11 +25,11 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from mvit_nas.errors import InputError, shown
+from mvit_nas.validate import InputError, check_int, check_keys, check_number
 
 PRESETS = ("xxs", "xs", "s")
 MAX_FINAL_CHANNELS = 960  # ml-cvnets caps the final 1x1 expansion at 960
@@ -40,6 +44,12 @@ MAX_PATCH = 16
 MAX_EXPANSION = 8
 MAX_RESOLUTION = 1024
 MAX_CLASSES = 100_000
+
+# The stage layout of a MobileViT: the stem and each stage's first block stride by these.
+# Written here only; the model, the cost counter and the latency predictor walk it via layout().
+STRIDES = {"stem": 2, "layer1": 1, "layer2": 2, "layer3": 2, "layer4": 2, "layer5": 2}
+MV2_STAGES = ("layer1", "layer2")
+VIT_STAGES = ("layer3", "layer4", "layer5")
 
 
 def conv_out(size: int, stride: int) -> int:
@@ -58,20 +68,10 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 def stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
     """Feature-map (h, w) after the stem and after each of layer1..layer5."""
     sizes = []
-    for stride in (2, 1, 2, 2, 2, 2):
+    for stride in STRIDES.values():
         height, width = conv_out(height, stride), conv_out(width, stride)
         sizes.append((height, width))
     return sizes
-
-
-def _check_int(field: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(field, f"must be an integer in [{low}, {high}], got {shown(value)}")
-
-
-def _check_rate(field: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise InputError(field, f"must be a number in [0, 1), got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,9 @@ class MV2StageConfig:
     num_blocks: int
 
     def validate(self, name: str) -> None:
-        _check_int(f"{name}.out_channels", self.out_channels, 1, MAX_CHANNELS)
-        _check_int(f"{name}.mv2_exp", self.mv2_exp, 1, MAX_EXPANSION)
-        _check_int(f"{name}.num_blocks", self.num_blocks, 1, MAX_BLOCKS)
+        check_int(f"{name}.out_channels", self.out_channels, 1, MAX_CHANNELS)
+        check_int(f"{name}.mv2_exp", self.mv2_exp, 1, MAX_EXPANSION)
+        check_int(f"{name}.num_blocks", self.num_blocks, 1, MAX_BLOCKS)
 
 
 @dataclass(frozen=True)
@@ -106,14 +106,14 @@ class MobileViTStageConfig:
         return self.transformer_channels // self.num_heads
 
     def validate(self, name: str) -> None:
-        _check_int(f"{name}.out_channels", self.out_channels, 1, MAX_CHANNELS)
-        _check_int(f"{name}.mv2_exp", self.mv2_exp, 1, MAX_EXPANSION)
-        _check_int(f"{name}.transformer_channels", self.transformer_channels, 4, MAX_CHANNELS)
-        _check_int(f"{name}.ffn_dim", self.ffn_dim, 1, 4 * MAX_CHANNELS)
-        _check_int(f"{name}.transformer_blocks", self.transformer_blocks, 1, MAX_BLOCKS)
-        _check_int(f"{name}.num_heads", self.num_heads, 1, MAX_HEADS)
-        _check_int(f"{name}.patch_h", self.patch_h, 1, MAX_PATCH)
-        _check_int(f"{name}.patch_w", self.patch_w, 1, MAX_PATCH)
+        check_int(f"{name}.out_channels", self.out_channels, 1, MAX_CHANNELS)
+        check_int(f"{name}.mv2_exp", self.mv2_exp, 1, MAX_EXPANSION)
+        check_int(f"{name}.transformer_channels", self.transformer_channels, 4, MAX_CHANNELS)
+        check_int(f"{name}.ffn_dim", self.ffn_dim, 1, 4 * MAX_CHANNELS)
+        check_int(f"{name}.transformer_blocks", self.transformer_blocks, 1, MAX_BLOCKS)
+        check_int(f"{name}.num_heads", self.num_heads, 1, MAX_HEADS)
+        check_int(f"{name}.patch_h", self.patch_h, 1, MAX_PATCH)
+        check_int(f"{name}.patch_w", self.patch_w, 1, MAX_PATCH)
         if self.transformer_channels % self.num_heads:
             raise InputError(
                 f"{name}.num_heads",
@@ -132,11 +132,8 @@ class MobileViTStageConfig:
 
 
 _STAGE_TYPES: dict[str, type] = {
-    "layer1": MV2StageConfig,
-    "layer2": MV2StageConfig,
-    "layer3": MobileViTStageConfig,
-    "layer4": MobileViTStageConfig,
-    "layer5": MobileViTStageConfig,
+    **dict.fromkeys(MV2_STAGES, MV2StageConfig),
+    **dict.fromkeys(VIT_STAGES, MobileViTStageConfig),
 }
 
 
@@ -168,24 +165,24 @@ class ArchConfig:
         return min(self.last_layer_exp_factor * self.layer5.out_channels, MAX_FINAL_CHANNELS)
 
     @property
-    def vit_stages(self) -> tuple[MobileViTStageConfig, MobileViTStageConfig, MobileViTStageConfig]:
-        return (self.layer3, self.layer4, self.layer5)
+    def vit_stages(self) -> tuple[MobileViTStageConfig, ...]:
+        return tuple(getattr(self, name) for name in VIT_STAGES)
 
     def validate(self) -> None:
         """Raise :class:`InputError` naming the first invalid field."""
-        _check_int("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
+        check_int("stem_channels", self.stem_channels, 1, MAX_CHANNELS)
         for name, stage_type in _STAGE_TYPES.items():
             stage = getattr(self, name)
             if not isinstance(stage, stage_type):
                 raise InputError(name, f"must be a {stage_type.__name__}")
             stage.validate(name)
-        _check_int("last_layer_exp_factor", self.last_layer_exp_factor, 1, MAX_EXPANSION)
-        _check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
-        _check_int("num_classes", self.num_classes, 1, MAX_CLASSES)
-        _check_rate("classifier_dropout", self.classifier_dropout)
-        _check_rate("transformer_dropout", self.transformer_dropout)
+        check_int("last_layer_exp_factor", self.last_layer_exp_factor, 1, MAX_EXPANSION)
+        check_int("resolution", self.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+        check_int("num_classes", self.num_classes, 1, MAX_CLASSES)
+        check_number("classifier_dropout", self.classifier_dropout, 0.0, 1.0, open_high=True)
+        check_number("transformer_dropout", self.transformer_dropout, 0.0, 1.0, open_high=True)
         sizes = stage_sizes(self.resolution, self.resolution)
-        for name, (height, width) in zip(("layer3", "layer4", "layer5"), sizes[3:], strict=True):
+        for name, (height, width) in zip(VIT_STAGES, sizes[3:], strict=True):
             stage = getattr(self, name)
             for field, patch, size in (("patch_h", stage.patch_h, height), ("patch_w", stage.patch_w, width)):
                 if patch > size:
@@ -202,10 +199,8 @@ class ArchConfig:
     @classmethod
     def from_dict(cls, data: Any) -> ArchConfig:
         """Build from a plain mapping; unknown and missing keys name the field."""
-        if not isinstance(data, dict):
-            raise InputError("config", f"must be a mapping of fields, got {type(data).__name__}")
         top_fields = {f.name: f for f in dataclasses.fields(cls)}
-        _reject_unknown(data, top_fields, prefix="")
+        check_keys("config", data, top_fields)
         kwargs: dict[str, Any] = {}
         for name, field in top_fields.items():
             if name not in data:
@@ -232,23 +227,133 @@ class ArchConfig:
         return path
 
 
-def _reject_unknown(data: dict, allowed: dict, prefix: str) -> None:
-    for key in data:
-        if key not in allowed:
-            names = ", ".join(allowed)
-            raise InputError(f"{prefix}{key}", f"unknown key; allowed keys are {names}")
+# --- the stage layout, walked once -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StemBlock:
+    """The stride-2 3x3 conv on the image; ``height`` x ``width`` is its input size."""
+
+    kind: ClassVar[str] = "stem"
+    out_channels: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class MV2Block:
+    """A MobileNetV2 inverted residual: 1x1 expansion, 3x3 depthwise (``stride``), 1x1 projection."""
+
+    kind: ClassVar[str] = "mv2"
+    in_channels: int
+    out_channels: int
+    stride: int
+    expansion: int
+    height: int
+    width: int
+
+    @property
+    def hidden_channels(self) -> int:
+        return make_divisible(self.in_channels * self.expansion)
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return conv_out(self.height, self.stride), conv_out(self.width, self.stride)
+
+
+@dataclass(frozen=True)
+class ViTBlock:
+    """A MobileViT block: local convs, ``layers`` transformer layers over unfolded patches, fusion."""
+
+    kind: ClassVar[str] = "mobilevit"
+    channels: int
+    dim: int
+    ffn_dim: int
+    layers: int
+    num_heads: int
+    patch_h: int
+    patch_w: int
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class HeadBlock:
+    """The final 1x1 conv to ``final_channels``, global pooling and the classifier."""
+
+    kind: ClassVar[str] = "head"
+    in_channels: int
+    final_channels: int
+    num_classes: int
+    height: int
+    width: int
+
+
+Block = StemBlock | MV2Block | ViTBlock | HeadBlock
+BLOCK_TYPES: dict[str, type[Block]] = {block.kind: block for block in (StemBlock, MV2Block, ViTBlock, HeadBlock)}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every block ``build_model(cfg)`` runs, with its input size: ``stem``, ``stages`` (layer1..5), ``head``."""
+
+    stem: StemBlock
+    stages: dict[str, tuple[MV2Block | ViTBlock, ...]]
+    head: HeadBlock
+
+    def blocks(self) -> list[Block]:
+        """All blocks in execution order."""
+        return [self.stem, *(block for stage in self.stages.values() for block in stage), self.head]
+
+
+def layout(cfg: ArchConfig, height: int | None = None, width: int | None = None) -> Layout:
+    """The network ``cfg`` describes on a (3, height, width) input (default ``cfg.resolution``).
+
+    Layers 1-2 are MV2 stages whose first block strides by :data:`STRIDES`; layers 3-5 are a
+    strided MV2 block followed by one MobileViT block.
+
+    >>> [block.kind for block in layout(preset("xxs")).blocks()][:7]
+    ['stem', 'mv2', 'mv2', 'mv2', 'mv2', 'mv2', 'mobilevit']
+    """
+    height = cfg.resolution if height is None else height
+    width = height if width is None else width
+    stem = StemBlock(cfg.stem_channels, height, width)
+    size = (conv_out(height, STRIDES["stem"]), conv_out(width, STRIDES["stem"]))
+    channels = cfg.stem_channels
+    stages: dict[str, tuple[MV2Block | ViTBlock, ...]] = {}
+    for name in (*MV2_STAGES, *VIT_STAGES):
+        stage = getattr(cfg, name)
+        repeats = stage.num_blocks if isinstance(stage, MV2StageConfig) else 1
+        blocks: list[MV2Block | ViTBlock] = []
+        for index in range(repeats):
+            stride = STRIDES[name] if index == 0 else 1
+            block = MV2Block(channels, stage.out_channels, stride, stage.mv2_exp, *size)
+            blocks.append(block)
+            size, channels = block.out_size, stage.out_channels
+        if isinstance(stage, MobileViTStageConfig):
+            blocks.append(
+                ViTBlock(
+                    channels,
+                    stage.transformer_channels,
+                    stage.ffn_dim,
+                    stage.transformer_blocks,
+                    stage.num_heads,
+                    stage.patch_h,
+                    stage.patch_w,
+                    *size,
+                )
+            )
+        stages[name] = tuple(blocks)
+    head = HeadBlock(channels, cfg.final_channels, cfg.num_classes, *size)
+    return Layout(stem, stages, head)
 
 
 def _stage_from_dict(name: str, data: Any) -> MV2StageConfig | MobileViTStageConfig:
     stage_type = _STAGE_TYPES[name]
     if not isinstance(data, dict):
         raise InputError(name, f"must be a mapping of {stage_type.__name__} fields, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(stage_type)}
-    _reject_unknown(data, fields, prefix=f"{name}.")
-    for field in fields:
-        if field not in data:
-            raise InputError(f"{name}.{field}", "is required")
-    return stage_type(**data)
+    fields = [f.name for f in dataclasses.fields(stage_type)]
+    return stage_type(**check_keys(name, data, fields, fields, prefix=f"{name}."))
 
 
 def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:

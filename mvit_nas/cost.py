@@ -7,10 +7,11 @@ linear layers and for attention (QK^T and AV); BatchNorm in eval mode 2 per
 element, LayerNorm 5 per element, bilinear resize 4 per output element, global
 average pooling 1 per input element; activations, additions and softmax free.
 
-Example::
+Example:
 
-    cost = count_cost(preset("xs"))
-    cost.params, cost.flops  # 2_317_848, ~1.05e9
+>>> cost = count_cost(preset("xs"))
+>>> cost.params, cost.flops
+(2317848, 1052192768)
 """
 
 from __future__ import annotations
@@ -20,8 +21,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from mvit_nas.config import ArchConfig, MobileViTStageConfig, conv_out, make_divisible
-from mvit_nas.errors import InputError
+from mvit_nas.config import (
+    MIN_RESOLUTION,
+    ArchConfig,
+    Block,
+    MV2Block,
+    StemBlock,
+    ViTBlock,
+    conv_out,
+    layout,
+)
+from mvit_nas.validate import check_int
 
 # Operator names as fvcore reports them in ``FlopCountAnalysis.by_operator()``.
 CONV, LINEAR, ATTENTION = "conv", "linear", "scaled_dot_product_attention"
@@ -39,6 +49,7 @@ class Cost:
     width: int
     batch_size: int
     flops_by_operator: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
+    depthwise_flops: int = field(default=0, compare=False)  # the part of "conv" in depthwise (grouped) convs
 
 
 class _Counter:
@@ -48,6 +59,7 @@ class _Counter:
         self.batch_size = batch_size
         self.params = 0
         self.flops: Counter[str] = Counter()
+        self.depthwise = 0
 
     def conv_bn(self, in_ch: int, out_ch: int, kernel: int, out_hw: tuple[int, int], groups: int = 1) -> None:
         self.conv(in_ch, out_ch, kernel, out_hw, groups)
@@ -56,7 +68,10 @@ class _Counter:
 
     def conv(self, in_ch: int, out_ch: int, kernel: int, out_hw: tuple[int, int], groups: int = 1) -> None:
         self.params += out_ch * (in_ch // groups) * kernel * kernel
-        self.flops[CONV] += self.batch_size * out_hw[0] * out_hw[1] * out_ch * (in_ch // groups) * kernel * kernel
+        macs = self.batch_size * out_hw[0] * out_hw[1] * out_ch * (in_ch // groups) * kernel * kernel
+        self.flops[CONV] += macs
+        if groups > 1:
+            self.depthwise += macs
 
     def linear(self, tokens: int, in_features: int, out_features: int, bias: bool = True) -> None:
         self.params += in_features * out_features + (out_features if bias else 0)
@@ -67,79 +82,89 @@ class _Counter:
         self.flops[LAYER_NORM] += 5 * tokens * dim
 
 
-def _inverted_residual(
-    c: _Counter, in_ch: int, out_ch: int, expansion: int, out_hw: tuple[int, int], in_hw: tuple[int, int]
-) -> None:
-    hidden = make_divisible(in_ch * expansion)
-    c.conv_bn(in_ch, hidden, 1, in_hw)
-    c.conv_bn(hidden, hidden, 3, out_hw, groups=hidden)
-    c.conv_bn(hidden, out_ch, 1, out_hw)
+def _count_block(c: _Counter, block: Block) -> None:
+    """Add one block of the layout to the counter (the same modules :func:`~mvit_nas.model.block_module` builds)."""
+    in_hw = (block.height, block.width)
+    if isinstance(block, StemBlock):
+        c.conv_bn(3, block.out_channels, 3, (conv_out(block.height, 2), conv_out(block.width, 2)))
+    elif isinstance(block, MV2Block):
+        hidden = block.hidden_channels
+        c.conv_bn(block.in_channels, hidden, 1, in_hw)
+        c.conv_bn(hidden, hidden, 3, block.out_size, groups=hidden)
+        c.conv_bn(hidden, block.out_channels, 1, block.out_size)
+    elif isinstance(block, ViTBlock):
+        _count_vit(c, block)
+    else:
+        c.conv_bn(block.in_channels, block.final_channels, 1, in_hw)
+        c.flops[POOL] += c.batch_size * block.final_channels * block.height * block.width
+        c.linear(c.batch_size, block.final_channels, block.num_classes)
 
 
-def _mobilevit_block(c: _Counter, channels: int, stage: MobileViTStageConfig, hw: tuple[int, int]) -> None:
-    height, width = hw
-    dim = stage.transformer_channels
+def _count_vit(c: _Counter, block: ViTBlock) -> None:
+    height, width, channels, dim = block.height, block.width, block.channels, block.dim
+    hw = (height, width)
     c.conv_bn(channels, channels, 3, hw)
     c.linear(c.batch_size * height * width, channels, dim, bias=False)  # conv_1x1, run as a matmul over pixels
-    new_h = math.ceil(height / stage.patch_h) * stage.patch_h
-    new_w = math.ceil(width / stage.patch_w) * stage.patch_w
+    new_h = math.ceil(height / block.patch_h) * block.patch_h
+    new_w = math.ceil(width / block.patch_w) * block.patch_w
     if (new_h, new_w) != (height, width):
         c.flops[UPSAMPLE] += 4 * c.batch_size * dim * (new_h * new_w + height * width)
-    sequences = c.batch_size * stage.patch_h * stage.patch_w
-    patches = (new_h // stage.patch_h) * (new_w // stage.patch_w)
+    sequences = c.batch_size * block.patch_h * block.patch_w
+    patches = (new_h // block.patch_h) * (new_w // block.patch_w)
     tokens = sequences * patches
-    for _ in range(stage.transformer_blocks):
+    for _ in range(block.layers):
         c.layer_norm(tokens, dim)
         c.linear(tokens, dim, 3 * dim)
         c.flops[ATTENTION] += 2 * sequences * patches * patches * dim  # QK^T and AV over all heads
         c.linear(tokens, dim, dim)
         c.layer_norm(tokens, dim)
-        c.linear(tokens, dim, stage.ffn_dim)
-        c.linear(tokens, stage.ffn_dim, dim)
+        c.linear(tokens, dim, block.ffn_dim)
+        c.linear(tokens, block.ffn_dim, dim)
     c.layer_norm(tokens, dim)
     c.conv_bn(dim, channels, 1, hw)
     c.conv_bn(2 * channels, channels, 3, hw)
+
+
+def _total(c: _Counter, height: int, width: int) -> Cost:
+    return Cost(
+        params=c.params,
+        flops=sum(c.flops.values()),
+        height=height,
+        width=width,
+        batch_size=c.batch_size,
+        flops_by_operator=dict(c.flops),
+        depthwise_flops=c.depthwise,
+    )
+
+
+def block_cost(block: Block, batch_size: int = 1) -> Cost:
+    """Params and MACs of one block of :func:`~mvit_nas.config.layout` (``height``/``width``: its input size).
+
+    >>> block_cost(layout(preset("xxs")).stem).flops_by_operator["conv"]  # 16 x 128 x 128 x 27
+    7077888
+    """
+    c = _Counter(batch_size)
+    _count_block(c, block)
+    return _total(c, block.height, block.width)
 
 
 def count_cost(cfg: ArchConfig, height: int | None = None, width: int | None = None, batch_size: int = 1) -> Cost:
     """Closed-form params and MACs of ``build_model(cfg)`` on a (batch, 3, H, W) input.
 
     ``height`` and ``width`` default to ``cfg.resolution``.
+
+    >>> count_cost(preset("xs")).params
+    2317848
     """
     height = cfg.resolution if height is None else height
     width = height if width is None else width
-    for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 32:
-            raise InputError(name, f"must be an integer >= 32, got {value!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError("batch_size", f"must be a positive integer, got {batch_size!r}")
+    check_int("height", height, MIN_RESOLUTION)
+    check_int("width", width, MIN_RESOLUTION)
+    check_int("batch_size", batch_size, 1)
     c = _Counter(batch_size)
-    hw = (conv_out(height, 2), conv_out(width, 2))
-    c.conv_bn(3, cfg.stem_channels, 3, hw)
-    channels = cfg.stem_channels
-    for stride, stage in ((1, cfg.layer1), (2, cfg.layer2)):
-        for index in range(stage.num_blocks):
-            in_hw = hw
-            if index == 0 and stride == 2:
-                hw = (conv_out(hw[0], 2), conv_out(hw[1], 2))
-            _inverted_residual(c, channels, stage.out_channels, stage.mv2_exp, hw, in_hw)
-            channels = stage.out_channels
-    for stage in cfg.vit_stages:
-        in_hw, hw = hw, (conv_out(hw[0], 2), conv_out(hw[1], 2))
-        _inverted_residual(c, channels, stage.out_channels, stage.mv2_exp, hw, in_hw)
-        channels = stage.out_channels
-        _mobilevit_block(c, channels, stage, hw)
-    c.conv_bn(channels, cfg.final_channels, 1, hw)
-    c.flops[POOL] += batch_size * cfg.final_channels * hw[0] * hw[1]
-    c.linear(batch_size, cfg.final_channels, cfg.num_classes)
-    return Cost(
-        params=c.params,
-        flops=sum(c.flops.values()),
-        height=height,
-        width=width,
-        batch_size=batch_size,
-        flops_by_operator=dict(c.flops),
-    )
+    for block in layout(cfg, height, width).blocks():
+        _count_block(c, block)
+    return _total(c, height, width)
 
 
 def _sdpa_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:

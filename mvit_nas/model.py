@@ -5,10 +5,11 @@ Module names follow timm's ``mobilevit_*`` (``stem``, ``stages.{i}.{j}``,
 :func:`from_timm` / :func:`to_timm` are key-for-key identities that only check
 the layout.
 
-Example::
+Example:
 
-    model = build_model(preset("xxs")).eval()
-    logits = model(torch.randn(1, 3, 256, 256))
+>>> model = build_model(preset("xxs")).eval()
+>>> model(torch.randn(1, 3, 256, 256)).shape
+torch.Size([1, 1000])
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mvit_nas.config import ArchConfig, MobileViTStageConfig, make_divisible
-from mvit_nas.errors import InputError
+from mvit_nas.config import (
+    STRIDES,
+    ArchConfig,
+    Block,
+    MV2Block,
+    StemBlock,
+    ViTBlock,
+    layout,
+)
+from mvit_nas.validate import InputError
 
 
 class ConvNormAct(nn.Sequential):
@@ -40,13 +49,13 @@ class ConvNormAct(nn.Sequential):
 class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand, 3x3 depthwise (strided), linear 1x1 project."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int) -> None:
+    def __init__(self, block: MV2Block) -> None:
         super().__init__()
-        hidden = make_divisible(in_channels * expansion)
-        self.conv1_1x1 = ConvNormAct(in_channels, hidden, 1)
-        self.conv2_kxk = ConvNormAct(hidden, hidden, 3, stride, groups=hidden)
-        self.conv3_1x1 = ConvNormAct(hidden, out_channels, 1, act=False)
-        self.has_residual = stride == 1 and in_channels == out_channels
+        hidden = block.hidden_channels
+        self.conv1_1x1 = ConvNormAct(block.in_channels, hidden, 1)
+        self.conv2_kxk = ConvNormAct(hidden, hidden, 3, block.stride, groups=hidden)
+        self.conv3_1x1 = ConvNormAct(hidden, block.out_channels, 1, act=False)
+        self.has_residual = block.stride == 1 and block.in_channels == block.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv3_1x1(self.conv2_kxk(self.conv1_1x1(x)))
@@ -105,14 +114,14 @@ class TransformerLayer(nn.Module):
 class MobileViTBlock(nn.Module):
     """Local 3x3 conv, global attention over unfolded patches, fusion with the input."""
 
-    def __init__(self, channels: int, stage: MobileViTStageConfig, dropout: float) -> None:
+    def __init__(self, block: ViTBlock, dropout: float) -> None:
         super().__init__()
-        dim = stage.transformer_channels
-        self.patch_h, self.patch_w = stage.patch_h, stage.patch_w
+        channels, dim = block.channels, block.dim
+        self.patch_h, self.patch_w = block.patch_h, block.patch_w
         self.conv_kxk = ConvNormAct(channels, channels, 3)
         self.conv_1x1 = nn.Conv2d(channels, dim, 1, bias=False)
         self.transformer = nn.Sequential(
-            *[TransformerLayer(dim, stage.ffn_dim, stage.num_heads, dropout) for _ in range(stage.transformer_blocks)]
+            *[TransformerLayer(dim, block.ffn_dim, block.num_heads, dropout) for _ in range(block.layers)]
         )
         self.norm = nn.LayerNorm(dim)
         self.conv_proj = ConvNormAct(dim, channels, 1)
@@ -165,23 +174,14 @@ class MobileViT(nn.Module):
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.stem = ConvNormAct(3, cfg.stem_channels, 3, stride=2)
-        stages: list[nn.Sequential] = []
-        channels = cfg.stem_channels
-        for stride, stage in ((1, cfg.layer1), (2, cfg.layer2)):
-            blocks = []
-            for index in range(stage.num_blocks):
-                block_stride = stride if index == 0 else 1
-                blocks.append(InvertedResidual(channels, stage.out_channels, block_stride, stage.mv2_exp))
-                channels = stage.out_channels
-            stages.append(nn.Sequential(*blocks))
-        for stage in cfg.vit_stages:
-            mv2 = InvertedResidual(channels, stage.out_channels, 2, stage.mv2_exp)
-            channels = stage.out_channels
-            stages.append(nn.Sequential(mv2, MobileViTBlock(channels, stage, cfg.transformer_dropout)))
-        self.stages = nn.Sequential(*stages)
-        self.final_conv = ConvNormAct(channels, cfg.final_channels, 1)
-        self.head = ClassifierHead(cfg.final_channels, cfg.num_classes, cfg.classifier_dropout)
+        net = layout(cfg)
+        self.stem = block_module(net.stem)
+        dropout = cfg.transformer_dropout
+        self.stages = nn.Sequential(
+            *[nn.Sequential(*[block_module(block, dropout) for block in stage]) for stage in net.stages.values()]
+        )
+        self.final_conv = ConvNormAct(net.head.in_channels, net.head.final_channels, 1)
+        self.head = ClassifierHead(net.head.final_channels, net.head.num_classes, cfg.classifier_dropout)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_conv(self.stages(self.stem(x)))
@@ -190,13 +190,30 @@ class MobileViT(nn.Module):
         return self.head(self.forward_features(x))
 
 
+def block_module(block: Block, dropout: float = 0.0) -> nn.Module:
+    """The ``nn.Module`` that computes one block of :func:`~mvit_nas.config.layout` (dropout for transformers).
+
+    >>> block_module(layout(preset("xxs")).stages["layer2"][0]).conv2_kxk[0].stride
+    (2, 2)
+    """
+    if isinstance(block, StemBlock):
+        return ConvNormAct(3, block.out_channels, 3, stride=STRIDES["stem"])
+    if isinstance(block, MV2Block):
+        return InvertedResidual(block)
+    if isinstance(block, ViTBlock):
+        return MobileViTBlock(block, dropout)
+    # The head as one module (final conv, pooling, classifier), as the latency predictor times it.
+    return nn.Sequential(
+        ConvNormAct(block.in_channels, block.final_channels, 1),
+        ClassifierHead(block.final_channels, block.num_classes, dropout=0.0),
+    )
+
+
 def build_model(cfg: ArchConfig) -> MobileViT:
     """Build the MobileViT that ``cfg`` describes (weights freshly initialised).
 
-    Example::
-
-        model = build_model(preset("s"))
-        sum(p.numel() for p in model.parameters())  # 5_578_632
+    >>> sum(p.numel() for p in build_model(preset("s")).parameters())
+    5578632
     """
     return MobileViT(cfg)
 

@@ -1,10 +1,11 @@
 """``profile(cfg, spec)``: what a model costs — parameters, multiply-adds, latency, memory.
 
-Example::
+Example (eager PyTorch at 64 px, timed briefly, to keep it quick):
 
-    from mvit_nas import preset, profile
-    report = profile(preset("s"))
-    print(report.to_dict()["latency_ms"]["median"])
+>>> spec = LatencySpec(backend="eager", height=64, width=64, warmup=1, min_repeats=3, min_seconds=0.0)
+>>> report = profile(preset("xxs"), spec)
+>>> report.cost.params, report.to_dict()["latency_ms"]["n"] >= 3
+(1272024, True)
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from mvit_nas.latency import LatencySpec, LatencyStats, measure_config
 
 @dataclass(frozen=True)
 class ProfileReport:
+    """What a model costs: closed-form params and MACs, measured latency (and a predicted one, if asked)."""
+
     config: ArchConfig
     cost: Cost
     latency: LatencyStats
+    predicted_ms: float | None = None  # from the device's latency table
 
     def to_dict(self) -> dict[str, Any]:
         """The ``mvit-nas profile --json`` object (DESIGN.md contract)."""
@@ -38,6 +42,7 @@ class ProfileReport:
                 "mean": self.latency.mean_ms,
                 "n": self.latency.n,
                 "discarded": self.latency.discarded,
+                **({"predicted": self.predicted_ms} if self.predicted_ms is not None else {}),
             },
             "peak_memory_mb": self.latency.peak_memory_mb,
             "device": spec.device,
@@ -49,14 +54,20 @@ class ProfileReport:
         }
 
 
-def profile(cfg: ArchConfig, spec: LatencySpec | None = None) -> ProfileReport:
+def profile(cfg: ArchConfig, spec: LatencySpec | None = None, *, predict: bool = False) -> ProfileReport:
     """Count the cost of ``cfg`` in closed form and measure its latency under ``spec``.
 
     ``spec`` defaults to CPU, ONNX Runtime, batch 1 at ``cfg.resolution``; its
-    input size wins over ``cfg.resolution``.
+    input size wins over ``cfg.resolution``. With ``predict``, the latency table of
+    ``spec``'s device (``mvit-nas latency-table build``) predicts it too.
     """
     if spec is None:
         spec = LatencySpec(height=cfg.resolution, width=cfg.resolution)
     cfg = dataclasses.replace(cfg, resolution=min(spec.height, spec.width))
     cost = count_cost(cfg, spec.height, spec.width, spec.batch_size)
-    return ProfileReport(config=cfg, cost=cost, latency=measure_config(cfg, spec))
+    predicted = None
+    if predict:
+        from mvit_nas.predictor import load_table
+
+        predicted = load_table(spec).predict(cfg)  # a missing table is bad input, before the measurement
+    return ProfileReport(config=cfg, cost=cost, latency=measure_config(cfg, spec), predicted_ms=predicted)

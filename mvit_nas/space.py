@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,20 @@ from typing import Any
 import optuna
 
 from mvit_nas.config import (
+    MV2_STAGES,
+    PRESETS,
+    VIT_STAGES,
     ArchConfig,
     MobileViTStageConfig,
     MV2StageConfig,
+    preset,
     read_mapping,
     spaces_dir,
+    stage_sizes,
 )
-from mvit_nas.errors import InputError, shown
+from mvit_nas.validate import InputError, check_keys, is_number, shown
 
 DEFAULT_SPACE = "mobilevit_v1.yaml"
-MV2_STAGES = ("layer1", "layer2")
-VIT_STAGES = ("layer3", "layer4", "layer5")
 TRAINING_KNOBS = ("classifier_dropout", "transformer_dropout")
 TOP_KNOBS = ("resolution", "stem_channels", "last_layer_exp_factor", "classifier_dropout", "transformer_dropout")
 MV2_KNOBS = tuple(f.name for f in dataclasses.fields(MV2StageConfig))
@@ -93,6 +97,10 @@ class SearchSpace:
                 raise InputError(knob, f"{value!r} is not among the space's choices {list(self.choices[knob])}")
         return params
 
+    def seeds_inside(self) -> dict[str, bool]:
+        """For each published model (xxs, xs, s), whether it is a point of this space."""
+        return {name: self.contains(preset(name)) for name in PRESETS}
+
     def contains(self, cfg: ArchConfig) -> bool:
         """Whether ``cfg``'s architecture is a point of this space (dropouts and classes aside)."""
         return all(value in self.choices[knob] or knob in TRAINING_KNOBS for knob, value in _knob_values(cfg).items())
@@ -119,7 +127,7 @@ def _choice_list(knob: str, raw: Any) -> tuple[Any, ...]:
     if not values:
         raise InputError(knob, "choice list is empty; give at least one value")
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise InputError(knob, f"choices must be numbers, got {shown(value)}")
     if len(set(values)) != len(values):
         raise InputError(knob, f"choices repeat a value: {shown(values)}")
@@ -129,12 +137,7 @@ def _choice_list(knob: str, raw: Any) -> tuple[Any, ...]:
 def _stage_choices(stage: str, raw: Any, knobs: tuple[str, ...]) -> dict[str, tuple[Any, ...]]:
     if not isinstance(raw, dict):
         raise InputError(stage, f"must be a mapping of knob -> choices, got {type(raw).__name__}")
-    for key in raw:
-        if key not in knobs:
-            raise InputError(f"{stage}.{key}", f"unknown key; allowed keys are {', '.join(knobs)}")
-    missing = [knob for knob in knobs if knob not in raw]
-    if missing:
-        raise InputError(f"{stage}.{missing[0]}", "is required")
+    check_keys(stage, raw, knobs, knobs, prefix=f"{stage}.")
     return {f"{stage}.{knob}": _choice_list(f"{stage}.{knob}", raw[knob]) for knob in knobs}
 
 
@@ -161,12 +164,7 @@ def _check_stage_combinations(stage: str, choices: dict[str, tuple[Any, ...]]) -
 def parse_space(data: dict[str, Any], name: str = "space") -> SearchSpace:
     """Validate a space mapping (as read from YAML) and return the :class:`SearchSpace`."""
     allowed = ("name", *TOP_KNOBS, *MV2_STAGES, *VIT_STAGES)
-    for key in data:
-        if key not in allowed:
-            raise InputError(str(key), f"unknown key; allowed keys are {', '.join(allowed)}")
-    for key in allowed[1:]:
-        if key not in data:
-            raise InputError(key, "is required")
+    check_keys("space", data, allowed, allowed[1:])
     choices: dict[str, tuple[Any, ...]] = {knob: _choice_list(knob, data[knob]) for knob in TOP_KNOBS}
     for stage in MV2_STAGES:
         choices |= _stage_choices(stage, data[stage], MV2_KNOBS)
@@ -191,3 +189,63 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     """Load and validate a space file; ``None`` gives the bundled default space."""
     path = spaces_dir() / DEFAULT_SPACE if path is None else Path(path)
     return parse_space(read_mapping(path, "--space"), name=path.stem)
+
+
+# --- random valid configs, outside any space (for cross-checks such as cost vs fvcore) ---------
+
+# Patch sizes of a stage are drawn only up to the stage's feature map at the
+# config's resolution (validation rejects larger ones), and never above this.
+MAX_RANDOM_PATCH = 4
+
+
+def _channels(rng: random.Random, low: int = 1, high: int = 24) -> int:
+    return rng.randint(low, high)
+
+
+def _mv2_stage(rng: random.Random, max_blocks: int) -> MV2StageConfig:
+    return MV2StageConfig(
+        out_channels=_channels(rng),
+        mv2_exp=rng.randint(1, 6),
+        num_blocks=rng.randint(1, max_blocks),
+    )
+
+
+def _vit_stage(rng: random.Random, map_hw: tuple[int, int]) -> MobileViTStageConfig:
+    num_heads = rng.choice((1, 1, 2, 3, 4))
+    head_dim = rng.choice((4, 4, 5, 6, 8))
+    dim = num_heads * head_dim
+    return MobileViTStageConfig(
+        out_channels=_channels(rng, 2, 32),
+        mv2_exp=rng.randint(1, 6),
+        transformer_channels=dim,
+        ffn_dim=rng.choice((dim, dim + rng.randint(1, 2 * dim), 2 * dim)),
+        transformer_blocks=rng.randint(1, 2),
+        num_heads=num_heads,
+        patch_h=rng.randint(1, min(MAX_RANDOM_PATCH, map_hw[0])),
+        patch_w=rng.randint(1, min(MAX_RANDOM_PATCH, map_hw[1])),
+    )
+
+
+def random_config(rng: random.Random) -> ArchConfig:
+    """A small, valid, random :class:`ArchConfig` drawn from ``rng`` (deterministic per seed), in no space.
+
+    Varied widths, depths, heads, ffn, patches (many not dividing the map) and resolutions.
+
+    >>> random_config(random.Random(0)) == random_config(random.Random(0))
+    True
+    """
+    resolution = rng.choice((32, 33, 47, 64, 65, 96, 111, 128, 131, 160, rng.randint(32, 160)))
+    sizes = stage_sizes(resolution, resolution)
+    return ArchConfig(
+        stem_channels=_channels(rng, 1, 16),
+        layer1=_mv2_stage(rng, max_blocks=2),
+        layer2=_mv2_stage(rng, max_blocks=3),
+        layer3=_vit_stage(rng, sizes[3]),
+        layer4=_vit_stage(rng, sizes[4]),
+        layer5=_vit_stage(rng, sizes[5]),
+        last_layer_exp_factor=rng.randint(1, 6),
+        resolution=resolution,
+        num_classes=rng.choice((1, 2, 10, 37, 100, 1000)),
+        classifier_dropout=rng.choice((0.0, 0.1, round(rng.random() * 0.9, 6), rng.random() * 0.5)),
+        transformer_dropout=rng.choice((0.0, 0.05, 0.1, rng.random() * 0.5)),
+    )

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from random_configs import RANDOM_SEED, random_config
+from helpers import RANDOM_SEED, random_config
 
 from mvit_nas.config import ArchConfig
 

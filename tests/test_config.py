@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from random_configs import RANDOM_SEED, random_config, random_configs
+from helpers import RANDOM_SEED, random_config, random_configs
 
 from mvit_nas import ArchConfig, InputError, MobileViTStageConfig, MV2StageConfig, load_config, preset
 from mvit_nas.config import PRESETS, read_mapping

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from random_configs import NUM_RANDOM_CONFIGS, random_configs, resizes
+from helpers import NUM_RANDOM_CONFIGS, random_configs, resizes
 from torch import nn
 
 from mvit_nas import ArchConfig, InputError, build_model, count_cost, preset

@@ -21,7 +21,7 @@ from mvit_nas.data import (
     load_dataset,
     parse_dataset_spec,
 )
-from mvit_nas.errors import InputError
+from mvit_nas.validate import InputError
 
 RESOLUTION = 32
 

@@ -28,9 +28,8 @@ from optuna.trial import TrialState
 
 from mvit_nas import ArchConfig, InputError, build_model, load_config, preset
 from mvit_nas.config import MobileViTStageConfig, MV2StageConfig
-from mvit_nas.export import ExportResult, export_run, trials_frame
-from mvit_nas.pareto import front, hypervolume, seed_dominance
-from mvit_nas.search import SETTINGS_FILE, STORAGE_FILE, STUDY_NAME
+from mvit_nas.report import ExportResult, export_run, front, hypervolume, seed_dominance, trials_frame
+from mvit_nas.run import SETTINGS_FILE, STORAGE_FILE, STUDY_NAME
 
 BUDGET_MS = 5.0
 NUM_CLASSES = 10
@@ -138,7 +137,8 @@ def _settings() -> dict[str, Any]:
     return {
         "budget_ms": BUDGET_MS,
         "space": None,
-        "latency": {"device": "auto", "backend": "onnxruntime", "batch_size": 1, "dtype": "float32", "threads": 2},
+        # Typed settings hold a resolved spec (no "auto"); 4 threads here, 2 in the trials' measurements.
+        "latency": {"device": "cpu", "backend": "onnxruntime", "batch_size": 1, "dtype": "float32", "threads": 4},
         "proxy": {"kind": "train", "epochs": 0.25, "resolution": 64},
         "dataset": "synthetic",
         "sampler": "tpe",
@@ -354,7 +354,7 @@ def test_summary(exported: Exported) -> None:
     for seed in ("xxs", "xs", "s"):
         assert f"| {seed} |" in summary
     assert "5 ms" in summary and "synthetic" in summary and "tpe" in summary
-    assert "cpu, onnxruntime, batch 1, float32, 2 threads" in summary  # measured spec, not run.yaml's "auto"
+    assert "cpu, onnxruntime, batch 1, float32, 2 threads" in summary  # measured spec, not run.yaml's
     assert "**dominates**: +5.0 points, 2.00 ms (44 %) faster" in summary  # trial 4 against xs
     assert "| 10 | 9 | 8 | 6 | 2 | 1 | 1 | 1 | 0 |" in summary  # the counts row
     assert "proxy-trained (weights/trial_0004.pt)" in summary

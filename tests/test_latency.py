@@ -17,17 +17,19 @@ import pytest
 import torch
 from torch import nn
 
-from mvit_nas import ArchConfig, MobileViTStageConfig, MV2StageConfig, build_model, latency
-from mvit_nas.errors import InputError
+from mvit_nas import ArchConfig, MobileViTStageConfig, MV2StageConfig, build_model
 from mvit_nas.latency import (
     DeviceLock,
     LatencySpec,
     LatencyStats,
+    backends,
     export_onnx,
     measure,
     measure_config,
     resolve_spec,
+    timing,
 )
+from mvit_nas.validate import InputError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 # One thread: tests share a small CPU with other work, and two OpenMP threads that must meet
@@ -159,7 +161,7 @@ def test_cpu_backend_measures_a_mobilevit(backend: str, monkeypatch: pytest.Monk
         exports.append({"shape": (batch_size, height, width), **options})
         return export_onnx(model, path, height, width, batch_size, **options)
 
-    monkeypatch.setattr(latency, "export_onnx", spy)
+    monkeypatch.setattr(backends, "export_onnx", spy)
     spec = resolve_spec(device="cpu", backend=backend, batch_size=2, height=64, width=96, **FAST)
     stats = measure_config(tiny_config(), spec)
     check_stats(stats, spec)
@@ -207,9 +209,9 @@ def test_windows_slowed_by_other_work_are_left_out() -> None:
     windows = [quiet, quiet, slowed, slowed, quiet, quiet, quiet, quiet]
     samples = [run for window in windows for run in window]
     starts = [4 * index for index in range(len(windows))]
-    assert latency._quiet_runs(samples, starts) == [run for window in windows if window is quiet for run in window]
+    assert timing._quiet_runs(samples, starts) == [run for window in windows if window is quiet for run in window]
     # Too few windows to tell interference from noise: every run counts.
-    assert latency._quiet_runs(samples[:12], starts[:3]) == samples[:12]
+    assert timing._quiet_runs(samples[:12], starts[:3]) == samples[:12]
 
 
 class _Interfered(nn.Module):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from random_configs import RANDOM_SEED, random_config, resizes
+from helpers import RANDOM_SEED, random_config, resizes
 from torch import nn
 
 from mvit_nas import ArchConfig, InputError, build_model, from_timm, preset, to_timm

@@ -13,16 +13,17 @@ import random
 from pathlib import Path
 
 import pytest
+from helpers import PREDICTOR_SPACE
 
 from mvit_nas.config import preset
 from mvit_nas.cost import count_cost
-from mvit_nas.errors import InputError
 from mvit_nas.latency import LatencySpec
 from mvit_nas.predictor import (
     KINDS,
-    BlockShape,
     LatencyTable,
+    block_from_dict,
     block_module,
+    block_to_dict,
     build_table,
     calibration_configs,
     decompose,
@@ -33,30 +34,8 @@ from mvit_nas.predictor import (
     sample_block_shapes,
 )
 from mvit_nas.space import SearchSpace, parse_space
+from mvit_nas.validate import InputError
 
-TINY_SPACE = {
-    "name": "tiny",
-    "resolution": [64, 96],
-    "stem_channels": [8, 16],
-    "last_layer_exp_factor": [2],
-    "classifier_dropout": 0.1,
-    "transformer_dropout": 0.1,
-    "layer1": {"out_channels": [8, 16], "mv2_exp": [2], "num_blocks": [1]},
-    "layer2": {"out_channels": [16, 24], "mv2_exp": [2, 3], "num_blocks": [1, 2]},
-    **{
-        stage: {
-            "out_channels": [16, 32],
-            "mv2_exp": [2],
-            "transformer_channels": [16, 32],
-            "ffn_ratio": [1, 2],
-            "transformer_blocks": [1, 2],
-            "num_heads": [2],
-            "patch_h": [2],
-            "patch_w": [2],
-        }
-        for stage in ("layer3", "layer4", "layer5")
-    },
-}
 # As short as a measurement can be: this tests the machinery, not the numbers.
 SHORT = {"warmup": 1, "min_repeats": 3, "min_seconds": 0.0, "max_repeats": 3}
 SPEC = LatencySpec(device="cpu", backend="onnxruntime", threads=1, **SHORT)
@@ -65,7 +44,7 @@ BLOCKS = {"stem": 3, "mv2": 6, "mobilevit": 6, "head": 3}
 
 @pytest.fixture(scope="module")
 def space() -> SearchSpace:
-    return parse_space(TINY_SPACE)
+    return parse_space(PREDICTOR_SPACE)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +72,7 @@ def test_blocks_rebuild_the_model(name: str) -> None:
 
 def test_block_shape_dict_round_trip() -> None:
     for block in decompose(preset("xs")):
-        assert BlockShape.from_dict(json.loads(json.dumps(block.as_dict()))) == block
+        assert block_from_dict(json.loads(json.dumps(block_to_dict(block)))) == block
 
 
 def test_sampled_shapes_are_distinct_and_include_extremes(space: SearchSpace) -> None:
@@ -122,7 +101,7 @@ def test_table_holds_what_was_measured(table: LatencyTable, space: SearchSpace) 
 def test_save_load_round_trip_is_exact(table: LatencyTable, saved: Path) -> None:
     loaded = LatencyTable.load(saved, SPEC)
     assert loaded == table
-    configs = random_space_configs(parse_space(TINY_SPACE), 10, seed=0)
+    configs = random_space_configs(parse_space(PREDICTOR_SPACE), 10, seed=0)
     assert loaded.predict_many(configs) == table.predict_many(configs)
 
 

@@ -18,7 +18,6 @@ import torch
 
 from mvit_nas.config import ArchConfig, MobileViTStageConfig, MV2StageConfig
 from mvit_nas.data import DatasetSpec, ProxyData, load_dataset
-from mvit_nas.errors import InputError
 from mvit_nas.model import build_model, to_timm
 from mvit_nas.proxy import (
     CHECKPOINT_FILE,
@@ -29,6 +28,7 @@ from mvit_nas.proxy import (
     read_state_dict,
     train,
 )
+from mvit_nas.validate import InputError
 
 RESOLUTION = 32
 # Small enough that a few optimisation steps take well under a second.

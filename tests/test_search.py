@@ -12,74 +12,19 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import optuna
 import pytest
 import yaml
+from helpers import FAST_LATENCY, FAST_PROXY, TINY_SPACE, tiny_settings
 from optuna.trial import TrialState
 
 from mvit_nas import InputError, preset
-from mvit_nas.latency import LatencySpec
-from mvit_nas.proxy import ProxySpec
-from mvit_nas.search import (
-    FAULT_ENV,
-    LOCK_FILE,
-    SearchSettings,
-    _requeue_interrupted,
-    is_finished,
-    open_study,
-    search,
-)
+from mvit_nas.faults import FAULT_ENV
+from mvit_nas.run import LOCK_FILE, is_finished, open_study
+from mvit_nas.search import _requeue_interrupted, search
+from mvit_nas.settings import SearchSettings
 from mvit_nas.space import load_space
-
-# A 16-point space of tiny models at 64 px: a trial takes about a second.
-TINY_SPACE: dict[str, Any] = {
-    "name": "tiny",
-    "resolution": [64],
-    "stem_channels": [8],
-    "last_layer_exp_factor": [2],
-    "classifier_dropout": 0.0,
-    "transformer_dropout": 0.0,
-    "layer1": {"out_channels": [8], "mv2_exp": [2], "num_blocks": [1]},
-    "layer2": {"out_channels": [8, 16], "mv2_exp": [2], "num_blocks": [1]},
-    "layer3": {
-        "out_channels": [16],
-        "mv2_exp": [2],
-        "transformer_channels": [16, 32],
-        "ffn_ratio": [1, 2],
-        "transformer_blocks": [1],
-        "num_heads": [2],
-        "patch_h": [2],
-        "patch_w": [2],
-    },
-    "layer4": {
-        "out_channels": [16],
-        "mv2_exp": [2],
-        "transformer_channels": [16],
-        "ffn_ratio": [1],
-        "transformer_blocks": [1],
-        "num_heads": [2],
-        "patch_h": [2],
-        "patch_w": [2],
-    },
-    "layer5": {
-        "out_channels": [16, 24],
-        "mv2_exp": [2],
-        "transformer_channels": [16],
-        "ffn_ratio": [1],
-        "transformer_blocks": [1],
-        "num_heads": [2],
-        "patch_h": [1],
-        "patch_w": [1],
-    },
-}
-FAST_LATENCY = LatencySpec(backend="eager", threads=1, warmup=1, min_repeats=3, min_seconds=0.0)
-FAST_PROXY = ProxySpec(epochs=0.01, batch_size=32)
-
-
-def tiny_settings(budget_ms: float = 1000.0, **changes: Any) -> SearchSettings:
-    return SearchSettings(budget_ms=budget_ms, space=TINY_SPACE, latency=FAST_LATENCY, proxy=FAST_PROXY, **changes)
 
 
 def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
@@ -165,7 +110,7 @@ def test_a_run_folder_on_a_nearly_full_disk_is_refused_before_anything_is_writte
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     free = 100 * 2**20  # 100 MiB, under the 256 MiB a search asks for
-    monkeypatch.setattr("mvit_nas.search.shutil.disk_usage", lambda path: SimpleNamespace(total=free, free=free))
+    monkeypatch.setattr("mvit_nas.run.shutil.disk_usage", lambda path: SimpleNamespace(total=free, free=free))
     with pytest.raises(InputError, match="100 MiB free") as caught:
         search(tiny_settings(), tmp_path / "run", trials=2, executor="local")
     assert caught.value.field == "--run-dir"
@@ -244,7 +189,8 @@ def _head_node_active(address: str, env: dict[str, str]) -> bool:
 
 _CLUSTER_DRIVER = """
 import sys
-from tests.test_search import tiny_settings
+sys.path.insert(0, "tests")
+from helpers import tiny_settings
 from mvit_nas.search import search
 outcome = search(tiny_settings(), sys.argv[1], trials=4, workers=2, address=sys.argv[2])
 print("front", len(outcome.front))

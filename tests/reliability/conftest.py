@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from reliability_helpers import shared_data
-
-import mvit_nas.search as search_module
 
 
 @pytest.fixture(scope="session")
@@ -19,4 +18,5 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _free_cached_datasets() -> Iterator[None]:
     yield
-    search_module._dataset.cache_clear()  # in-process searches keep their dataset otherwise
+    # In-process searches keep their dataset otherwise. importlib: the attribute mvit_nas.search is the function.
+    importlib.import_module("mvit_nas.search")._dataset.cache_clear()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import sqlite3
 import subprocess
@@ -24,11 +25,11 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from helpers import FAST_LATENCY, FAST_PROXY, TINY_SPACE, tiny_settings
 from optuna.trial import FrozenTrial, TrialState
-from test_search import FAST_LATENCY, FAST_PROXY, TINY_SPACE, tiny_settings
 
 from mvit_nas.data import load_dataset, parse_dataset_spec
-from mvit_nas.search import INTERRUPTED, STORAGE_FILE, STUDY_NAME, is_finished, storage_url
+from mvit_nas.run import INTERRUPTED, STORAGE_FILE, STUDY_NAME, is_finished, storage_url
 
 REPO = Path(__file__).resolve().parents[2]
 __all__ = ["FAST_LATENCY", "FAST_PROXY", "REPO", "TINY_SPACE", "tiny_settings"]
@@ -42,7 +43,7 @@ sys.path.insert(0, "tests")
 sys.path.insert(0, "tests/reliability")
 import reliability_helpers
 reliability_helpers.install_kill_hook()
-from test_search import tiny_settings
+from helpers import tiny_settings
 from mvit_nas.search import search
 search(tiny_settings(), sys.argv[1], trials=int(sys.argv[2]), executor="local", workers=1)
 """
@@ -98,21 +99,22 @@ def install_kill_hook() -> None:
 
         setattr(owner, name, wrapper)
 
-    import mvit_nas.data
-    import mvit_nas.search
+    import mvit_nas.data.synthetic
+
+    search_module = importlib.import_module("mvit_nas.search")  # the attribute mvit_nas.search is the function
 
     if point == "data":
-        after(mvit_nas.data, "generate_synthetic")
+        after(mvit_nas.data.synthetic, "generate_synthetic")
     elif point == "suggest":
         before(optuna.trial.Trial, "suggest_categorical")
     elif point == "requeue":
         after(optuna.study.Study, "enqueue_trial")
     elif point == "submit":
-        before(mvit_nas.search._Driver, "_submit")
+        before(search_module._Driver, "_submit")
     elif point == "proxy":
-        before(mvit_nas.search, "evaluate_proxy")
+        before(search_module, "evaluate_proxy")
     elif point == "told":
-        after(mvit_nas.search._Driver, "_count")
+        after(search_module._Driver, "_count")
     elif point == "commit":
         import sqlalchemy
 

@@ -1,6 +1,6 @@
 """Concurrency (issue 5.3): two searches on one run folder at once.
 
-The choice (``mvit_nas.search._exclusive_run``): one search per run folder. A second
+The choice (``mvit_nas.run.exclusive``): one search per run folder. A second
 one is refused at once, before it reads or writes anything, with a one-line message
 naming the run and ``--run-dir`` (exit 2 from the CLI); the lock is an ``flock`` that
 dies with its process, so a run whose driver was killed is never locked out.
@@ -25,7 +25,7 @@ from reliability_helpers import (
     write_space,
 )
 
-from mvit_nas.search import FAULT_LOG_ENV
+from mvit_nas.faults import FAULT_LOG_ENV
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ from reliability_helpers import (
     write_space,
 )
 
-from mvit_nas.search import FAULT_ENV, INTERRUPTED, STORAGE_FILE
+from mvit_nas.faults import FAULT_ENV
+from mvit_nas.run import INTERRUPTED, STORAGE_FILE
 
 SEED = int(os.environ.get("RELIABILITY_SEED", random.SystemRandom().randrange(2**32)))
 

@@ -26,7 +26,8 @@ from reliability_helpers import file_hashes, real_study, seed_run_dir, tiny_sett
 
 from mvit_nas import InputError
 from mvit_nas.cli import main
-from mvit_nas.search import LOCK_FILE, SETTINGS_FILE, STORAGE_FILE, search
+from mvit_nas.run import LOCK_FILE, SETTINGS_FILE, STORAGE_FILE
+from mvit_nas.search import search
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 worker is recorded as failed with its reason, and the search goes on to the requested count.
 
 Faults are injected for real through the test-only hook ``MVIT_NAS_TEST_FAULTS``
-(``mvit_nas.search._inject_fault``); ``MVIT_NAS_TEST_FAULT_LOG`` makes the hook log each
+(``mvit_nas.faults.inject_fault``); ``MVIT_NAS_TEST_FAULT_LOG`` makes the hook log each
 fault it fires, so the tests know how often, and in which process, a trial was attempted.
 """
 
@@ -15,9 +15,11 @@ import pytest
 from optuna.trial import TrialState
 from reliability_helpers import seed_run_dir, tiny_settings
 
-import mvit_nas.search as search_module
+import mvit_nas.faults as faults_module
 from mvit_nas import InputError
-from mvit_nas.search import FAULT_ENV, FAULT_LOG_ENV, is_finished, search
+from mvit_nas.faults import FAULT_ENV, FAULT_LOG_ENV
+from mvit_nas.run import is_finished
+from mvit_nas.search import search
 
 
 def _fault_log(path: Path) -> list[tuple[int, str, int]]:
@@ -91,12 +93,12 @@ def test_local_executor_honours_or_refuses_trial_timeout(
     tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The real fault sleeps an hour; here it sleeps 3 s against a 1 s timeout (time.sleep is
-    # replaced inside mvit_nas.search only), so the bug shows as a test failure, not a hang.
-    real_time = search_module.time
+    # replaced inside mvit_nas.faults only), so the bug shows as a test failure, not a hang.
+    real_time = faults_module.time
     short = types.SimpleNamespace(
         sleep=lambda _seconds: real_time.sleep(3.0), perf_counter=real_time.perf_counter, monotonic=real_time.monotonic
     )
-    monkeypatch.setattr(search_module, "time", short)
+    monkeypatch.setattr(faults_module, "time", short)
     monkeypatch.setenv(FAULT_ENV, "0:sleep")
     run_dir = seed_run_dir(tmp_path / "run", data)
     try:

@@ -4,15 +4,19 @@ A search has two objectives, accuracy (up) and median latency in ms (down), and
 one constraint, ``latency_over_budget_ms`` (feasible iff <= 0). Optuna already
 knows how to find the non-dominated feasible trials (``study.best_trials``) and
 how to measure a front (its WFG hypervolume); this module only adds what is
-specific to mvit-nas: one point per architecture, and the comparison against
-the published seeds xxs/xs/s.
+specific to mvit-nas: one point per architecture (:func:`front`, the project's
+one meaning of "the front"), and the comparison against the published seeds
+xxs/xs/s.
 
-Example::
+Example:
 
-    study = optuna.load_study(study_name="mvit-nas", storage="sqlite:///runs/demo/study.db")
-    for trial in front(study):
-        print(trial.number, trial.values)
-    hypervolume([t.values for t in front(study)], reference=(0.0, 5.0))
+>>> round(hypervolume([(0.5, 2.0), (0.7, 4.0)], reference=(0.0, 5.0)), 6)  # 0.5*3 + 0.2*1
+1.7
+
+On a run's study::
+
+    study = read_study(Path("runs/demo"))
+    [t.number for t in front(study)]  # e.g. [7, 3, 12]
     seed_dominance(study)[0]["dominates"]  # e.g. ["xs", "s"]
 """
 
@@ -23,15 +27,16 @@ from typing import Any
 
 import numpy as np
 import optuna
+
+# Optuna has no public equivalent: plot_hypervolume_history draws it, nothing returns the value.
 from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
+from mvit_nas.run import TrialRecord, is_feasible
+
+__all__ = ["SEEDS", "front", "hypervolume", "seed_dominance", "seed_trials"]
+
 SEEDS = ("xxs", "xs", "s")
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Optuna's own rule: every constraint value <= 0 (a trial without constraints is feasible)."""
-    return all(value <= 0.0 for value in trial.constraints.values())
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
@@ -39,7 +44,8 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
 
     ``study.best_trials`` already drops infeasible trials; a configuration
     evaluated twice (a duplicate reuses the original's values) would appear
-    twice, so only the earliest trial of each configuration is kept.
+    twice, so only the earliest trial of each configuration (by ``config_key``)
+    is kept.
 
     Example::
 
@@ -48,7 +54,7 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
     trials = sorted((t for t in study.best_trials if is_feasible(t)), key=lambda t: t.number)
     unique: dict[Any, FrozenTrial] = {}
     for trial in trials:
-        key = trial.user_attrs.get("config_key", ("trial", trial.number))
+        key = TrialRecord.of(trial).config_key or ("trial", trial.number)
         unique.setdefault(key, trial)
     return sorted(unique.values(), key=lambda t: (t.values[1], -t.values[0], t.number))
 
@@ -61,9 +67,12 @@ def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -
     it, or less accurate) add no area and are left out, so any set of points is
     accepted; no points give 0.0. The unit is accuracy x ms.
 
-    Example::
+    Example:
 
-        hypervolume([(0.5, 2.0), (0.7, 4.0)], reference=(0.0, 5.0))  # 0.5*3 + 0.2*1 = 1.7
+    >>> hypervolume([], reference=(0.0, 5.0))
+    0.0
+    >>> round(hypervolume([(0.5, 2.0), (0.9, 7.0)], reference=(0.0, 5.0)), 6)  # 7 ms is past the reference
+    1.5
     """
     ref = np.array([-float(reference[0]), float(reference[1])])
     losses = np.array([[-float(acc), float(lat)] for acc, lat in points], dtype=float).reshape(-1, 2)
@@ -81,8 +90,10 @@ def seed_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     """
     found: dict[str, FrozenTrial] = {}
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        name = trial.user_attrs.get("seed")
-        if name in SEEDS and name not in found and trial.state == TrialState.COMPLETE:
+        if trial.state != TrialState.COMPLETE:
+            continue
+        name = TrialRecord.of(trial).seed
+        if name in SEEDS and name not in found:
             found[name] = trial
     return {name: found[name] for name in SEEDS if name in found}
 

@@ -1,247 +1,34 @@
-"""Proxy datasets: a seeded synthetic task (the default), CIFAR-10/100 and image folders.
+"""The seeded synthetic proxy task: a pure function of a seed, generated once per recipe and cached on disk.
 
-Nothing is ever downloaded. ``synthetic`` is generated from a seed; the others are
-read from a local path with torchvision's own readers, after the layout has been
-checked so that a wrong path fails at once with an :class:`InputError` naming
-``--dataset``.
+The recipe (what an image shows and how its class is defined) is in
+:func:`generate_synthetic`'s docstring; its constants set the difficulty. A cache
+file's name carries a digest of the recipe, so a changed recipe never reuses an
+old file.
 
-Example::
+Example:
 
-    spec = parse_dataset_spec("synthetic:1")
-    data = load_dataset(spec, resolution=64, cache_dir=Path("run/data"))
-    image, label = data.train[0]  # float tensor (3, 64, 64), normalised; int label
+>>> images, labels = generate_synthetic(4, seed=0)
+>>> images.shape, images.dtype, labels.shape
+((4, 3, 64, 64), dtype('uint8'), (4,))
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from mvit_nas.errors import InputError
-
-KINDS = ("synthetic", "cifar10", "cifar100", "folder")
-ALLOWED = "synthetic[:SEED], cifar10:PATH, cifar100:PATH or folder:PATH"
-FIELD = "--dataset"
-
-# timm's ImageNet statistics: the same normalisation for every dataset keeps the
-# models' input scale independent of the dataset choice.
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from mvit_nas.atomic import atomic_path
 
 SYNTHETIC_NATIVE = 64
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_TRAIN_SIZE = 12_800
 SYNTHETIC_VAL_SIZE = 1_000
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What ``--dataset`` names: a kind, a local path (real datasets) and a seed (synthetic)."""
-
-    kind: str
-    path: str | None = None
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ProxyData:
-    """A train split, a held-out split and the number of classes; items are ``(image, label)``."""
-
-    train: Dataset
-    val: Dataset
-    num_classes: int
-    name: str
-
-
-class TensorImages(Dataset):
-    """Images held as one uint8 tensor ``(N, 3, H, W)``; items come out normalised as float."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images = images
-        self.labels = labels
-        self._mean = torch.tensor(MEAN).view(3, 1, 1)
-        self._std = torch.tensor(STD).view(3, 1, 1)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index].float().div_(255.0)
-        return (image - self._mean) / self._std, int(self.labels[index])
-
-
-def parse_dataset_spec(text: str) -> DatasetSpec:
-    """Parse ``--dataset``: ``synthetic``, ``synthetic:SEED``, ``cifar10:PATH``, ``cifar100:PATH``, ``folder:PATH``.
-
-    Only the syntax is checked here; :func:`load_dataset` checks the path and layout.
-
-    Example::
-
-        parse_dataset_spec("cifar10:~/data")  # DatasetSpec(kind="cifar10", path="~/data", seed=0)
-    """
-    kind, _, rest = str(text).partition(":")
-    kind = kind.strip().lower()
-    if kind not in KINDS:
-        raise InputError(FIELD, f"unknown dataset {text!r}; use {ALLOWED}")
-    if kind == "synthetic":
-        if not rest:
-            return DatasetSpec("synthetic")
-        try:
-            seed = int(rest)
-        except ValueError:
-            raise InputError(FIELD, f"synthetic seed must be a non-negative integer, got {rest!r}") from None
-        if seed < 0:
-            raise InputError(FIELD, f"synthetic seed must be a non-negative integer, got {rest!r}")
-        return DatasetSpec("synthetic", seed=seed)
-    if not rest:
-        raise InputError(FIELD, f"{kind} needs a local path: {kind}:PATH (nothing is downloaded)")
-    return DatasetSpec(kind, path=rest)
-
-
-def load_dataset(
-    spec: DatasetSpec,
-    resolution: int,
-    cache_dir: Path | None = None,
-    *,
-    train_size: int = SYNTHETIC_TRAIN_SIZE,
-    val_size: int = SYNTHETIC_VAL_SIZE,
-) -> ProxyData:
-    """Load (or generate) ``spec`` with images at ``resolution`` x ``resolution``.
-
-    ``train_size`` / ``val_size`` apply to ``synthetic`` only (real datasets bring
-    their own splits: CIFAR's test batch, or the folder's ``val/``). ``cache_dir``
-    keeps the generated synthetic images across processes (every search worker
-    reads the same file instead of generating its own).
-
-    Example::
-
-        data = load_dataset(parse_dataset_spec("folder:/data/flowers"), resolution=64)
-        data.num_classes, len(data.train), len(data.val)
-    """
-    if spec.kind == "synthetic":
-        return _load_synthetic(spec.seed, resolution, cache_dir, train_size, val_size)
-    if spec.kind in ("cifar10", "cifar100"):
-        return _load_cifar(spec, resolution)
-    if spec.kind == "folder":
-        return _load_folder(spec, resolution)
-    raise InputError(FIELD, f"unknown dataset kind {spec.kind!r}; use {ALLOWED}")
-
-
-# --- real datasets -----------------------------------------------------------------------
-
-
-class _LocalCIFAR10(CIFAR10):
-    # torchvision checks the MD5 of each official batch file; a checksum of None makes
-    # it check only that the file exists, so a user's re-packed copy or subset loads too.
-    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.test_list]
-    meta: ClassVar[dict] = {**CIFAR10.meta, "md5": None}
-
-
-class _LocalCIFAR100(CIFAR100):
-    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR100.test_list]
-    meta: ClassVar[dict] = {**CIFAR100.meta, "md5": None}
-
-
-def _existing_dir(spec: DatasetSpec) -> Path:
-    path = Path(os.path.expanduser(str(spec.path)))
-    if not path.exists():
-        raise InputError(FIELD, f"{spec.kind} path {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise InputError(FIELD, f"{spec.kind} path {str(path)!r} is not a directory")
-    return path
-
-
-def _load_cifar(spec: DatasetSpec, resolution: int) -> ProxyData:
-    reader = _LocalCIFAR10 if spec.kind == "cifar10" else _LocalCIFAR100
-    path = _existing_dir(spec)
-    # Accept the batches folder itself or the folder that holds it (torchvision's root).
-    root = path.parent if path.name == reader.base_folder else path
-    batches = root / reader.base_folder
-    needed = [name for name, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
-    missing = [name for name in needed if not (batches / name).is_file()]
-    if missing:
-        raise InputError(
-            FIELD,
-            f"{str(path)!r} is not a {spec.kind} folder: expected {reader.base_folder}/ with "
-            f"{', '.join(needed)} (torchvision's python format); missing {', '.join(missing)}",
-        )
-    train_tf = transforms.Compose(
-        [
-            transforms.Resize(resolution),
-            transforms.RandomCrop(resolution, padding=resolution // 8),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    val_tf = transforms.Compose([transforms.Resize(resolution), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
-    try:
-        train = reader(str(root), train=True, transform=train_tf, download=False)
-        val = reader(str(root), train=False, transform=val_tf, download=False)
-    except (OSError, ValueError, TypeError, KeyError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
-        raise InputError(FIELD, f"cannot read {spec.kind} batches in {str(batches)!r}: {error}") from None
-    return ProxyData(train, val, len(train.classes), f"{spec.kind}:{root}")
-
-
-def _class_dirs(split: Path) -> list[str]:
-    classes = sorted(entry.name for entry in os.scandir(split) if entry.is_dir())
-    for name in classes:
-        if not any(file.is_file() and file.name.lower().endswith(IMG_EXTENSIONS) for file in (split / name).iterdir()):
-            raise InputError(FIELD, f"class folder {str(split / name)!r} holds no image ({', '.join(IMG_EXTENSIONS)})")
-    return classes
-
-
-def _load_folder(spec: DatasetSpec, resolution: int) -> ProxyData:
-    path = _existing_dir(spec)
-    layout = "PATH/train/<class>/<image> and PATH/val/<class>/<image>"
-    splits = {}
-    for split in ("train", "val"):
-        if not (path / split).is_dir():
-            raise InputError(FIELD, f"{str(path)!r} has no {split}/ folder; a folder dataset is {layout}")
-        splits[split] = _class_dirs(path / split)
-        if not splits[split]:
-            raise InputError(FIELD, f"{str(path / split)!r} has no class folders; a folder dataset is {layout}")
-    if splits["train"] != splits["val"]:
-        only = sorted(set(splits["train"]) ^ set(splits["val"]))
-        raise InputError(FIELD, f"train/ and val/ of {str(path)!r} must hold the same class folders; differ in {only}")
-    train_tf = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(resolution),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    val_tf = transforms.Compose(
-        [
-            transforms.Resize(resolution),
-            transforms.CenterCrop(resolution),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    train = ImageFolder(str(path / "train"), transform=train_tf)
-    val = ImageFolder(str(path / "val"), transform=val_tf)
-    return ProxyData(train, val, len(train.classes), f"folder:{path}")
-
-
-# --- synthetic ---------------------------------------------------------------------------
 
 # Texture ids. 0..4 fill the two parts that define the class; RINGS only ever
 # appears on the distractor part.
@@ -267,17 +54,6 @@ DIFFICULTY_POWER = 2.0
 CHUNK = 500
 
 
-def _load_synthetic(seed: int, resolution: int, cache_dir: Path | None, train_size: int, val_size: int) -> ProxyData:
-    for name, value in (("train_size", train_size), ("val_size", val_size)):
-        if value < 1:
-            raise InputError(name, f"must be a positive number of images, got {value}")
-    splits = []
-    for split, count in (("train", train_size), ("val", val_size)):
-        images, labels = _cached(cache_dir, split, count, seed)
-        splits.append(TensorImages(_resize(images, resolution), labels))
-    return ProxyData(splits[0], splits[1], SYNTHETIC_CLASSES, f"synthetic:{seed}")
-
-
 def _cached(cache_dir: Path | None, split: str, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The native-size images of one split, generated once and kept under ``cache_dir``."""
     # Separate streams per split: the train images do not depend on the val size.
@@ -293,11 +69,9 @@ def _cached(cache_dir: Path | None, split: str, count: int, seed: int) -> tuple[
     images, labels = generate_synthetic(count, stream)
     stored = {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write-then-rename: concurrent workers never see a half-written file.
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{name}.", delete=False) as handle:
-            torch.save(stored, handle)
-        os.replace(handle.name, path)
+        # Concurrent workers may read the file while another writes it: they must never see half of it.
+        with atomic_path(path) as tmp:
+            torch.save(stored, tmp)
     return stored["images"], stored["labels"]
 
 
@@ -309,6 +83,7 @@ def _recipe_digest() -> str:
 
 
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """The images at ``resolution`` x ``resolution`` (antialiased bilinear, in chunks to bound memory)."""
     if images.shape[-1] == resolution:
         return images
     chunks = [
@@ -349,9 +124,11 @@ def generate_synthetic(
     clutter and the ringed distractor. Random phases and colours leave a linear
     classifier on raw pixels at chance.
 
-    Example::
+    Example:
 
-        images, labels = generate_synthetic(100, seed=0)
+    >>> images, labels = generate_synthetic(8, seed=0)
+    >>> np.array_equal(images, generate_synthetic(8, seed=0)[0])
+    True
     """
     rng = np.random.default_rng(seed)
     images = np.empty((count, 3, size, size), np.uint8)
@@ -398,6 +175,7 @@ class _Canvas:
         self.pixels[batch, :, rows, cols] = np.where(inside[..., None], colour, current)
 
     def image(self) -> np.ndarray:
+        """The painted images without the padding."""
         pad = self.pad
         return self.pixels[:, :, pad : pad + self.size, pad : pad + self.size]
 
@@ -462,6 +240,7 @@ def _paint_part(
 
 
 def _render(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One chunk of images for ``labels``, following the recipe of :func:`generate_synthetic`."""
     n = len(labels)
     low = torch.from_numpy(rng.random((n, 3, 4, 4), dtype=np.float32) * 0.7 + 0.15)
     background = F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).numpy()

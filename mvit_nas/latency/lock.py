@@ -1,0 +1,80 @@
+"""Device exclusivity across processes: :class:`DeviceLock` keeps training off a device while latency is measured.
+
+Example::
+
+    lock = DeviceLock(run_dir / "device.lock")
+    with lock.shared():
+        train_step()
+    with lock.exclusive():
+        time_model()
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _flock(path: Path, operation: int) -> int:
+    # A fresh descriptor per acquisition: flock locks belong to the open file, so threads
+    # and forked or pickled copies of one DeviceLock contend with each other as they should.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, operation)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class DeviceLock:
+    """Cross-process reader/writer lock on a lock file (fcntl), writer-preferring.
+
+    Training holds :meth:`shared` for a step or a few (many holders at once);
+    latency measurement holds :meth:`exclusive`, which waits for the shared holders
+    to leave and keeps new ones out. ``flock`` grants a shared lock whenever only
+    shared holders are in, so two trainers re-taking it back to back would starve a
+    measurer; a second file, the turnstile, fixes that: the measurer holds it while
+    waiting and inside, and trainers pass through it briefly before taking the
+    shared lock. Not re-entrant. Picklable (it holds paths only).
+
+    Example::
+
+        lock = DeviceLock(run_dir / "device.lock")
+        with lock.shared():
+            train_step()
+        with lock.exclusive():
+            time_model()
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.turnstile = self.path.with_name(self.path.name + ".turnstile")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        turnstile = _flock(self.turnstile, fcntl.LOCK_EX)
+        try:
+            main = _flock(self.path, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                os.close(main)
+        finally:
+            os.close(turnstile)
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        turnstile = _flock(self.turnstile, fcntl.LOCK_EX)
+        try:
+            main = _flock(self.path, fcntl.LOCK_SH)
+        finally:
+            os.close(turnstile)
+        try:
+            yield
+        finally:
+            os.close(main)

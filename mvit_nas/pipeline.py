@@ -1,0 +1,125 @@
+"""The pipelines behind the CLI commands that chain stages: search then front then exports; a config's training.
+
+``run_search``: the search, the front measured (predicted-latency runs), the exports.
+``train_run``: a config file trained on a dataset, from optional initial weights.
+
+Example::
+
+    from mvit_nas import RunOptions, SearchSettings, run_search
+    result = run_search(SearchSettings(budget_ms=5.0), "runs/demo", RunOptions(trials=30))
+    print(result.outcome.finished, result.export.front_size if result.export else "interrupted")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvit_nas import run as run_folder
+from mvit_nas.atomic import write_text
+from mvit_nas.config import load_config
+from mvit_nas.data import load_dataset, parse_dataset_spec
+from mvit_nas.latency import measure_config
+from mvit_nas.proxy import TrainResult, read_state_dict, train
+from mvit_nas.report import ExportResult, export_run, front
+from mvit_nas.run import TrialRecord
+from mvit_nas.search import SearchOutcome, SearchProgress, search
+from mvit_nas.settings import RunOptions, SearchSettings
+
+
+@dataclass(frozen=True)
+class FrontLatency:
+    """A front point of a predicted-latency run, measured on the device at the end."""
+
+    trial: int
+    predicted_ms: float
+    measured_ms: float
+    error_pct: float
+    within_budget: bool
+
+
+@dataclass(frozen=True)
+class SearchRun:
+    """A finished (or interrupted) ``run_search``: the search, the front's measurements, the exports."""
+
+    run_dir: Path
+    outcome: SearchOutcome
+    front_latency: tuple[FrontLatency, ...]
+    export: ExportResult | None  # None when the search was interrupted
+
+
+def default_run_dir(settings: SearchSettings) -> Path:
+    """``results/search-<budget>ms-seed<seed>``: deterministic, so re-running the same command resumes."""
+    return Path("results") / f"search-{settings.budget_ms:g}ms-seed{settings.seed}"
+
+
+def measure_front(run_dir: str | Path) -> list[FrontLatency]:
+    """Measure every front point directly and write ``front_latency.json`` (predicted next to measured).
+
+    A search with ``latency_source="predicted"`` never measures during the search;
+    this is where its front meets the device.
+    """
+    run_dir = Path(run_dir)
+    settings = run_folder.load_settings(run_dir)
+    rows = []
+    for trial in front(run_folder.read_study(run_dir)):
+        record = TrialRecord.of(trial)
+        assert record.config is not None and record.latency is not None  # a front point was evaluated
+        cfg = record.config
+        spec = dataclasses.replace(settings.latency, height=cfg.resolution, width=cfg.resolution)
+        measured = measure_config(cfg, spec).median_ms
+        predicted = record.latency.median_ms
+        error_pct = 100 * (predicted - measured) / measured
+        rows.append(FrontLatency(trial.number, predicted, measured, error_pct, measured <= settings.budget_ms))
+    text = json.dumps([dataclasses.asdict(row) for row in rows], indent=2) + "\n"
+    write_text(run_dir / run_folder.FRONT_LATENCY_FILE, text)
+    return rows
+
+
+def run_search(
+    settings: SearchSettings,
+    run_dir: str | Path | None = None,
+    options: RunOptions | None = None,
+    progress: Callable[[SearchProgress], None] | None = None,
+) -> SearchRun:
+    """Search (or resume), then measure a predicted front, then export tables, plot, summary and configs.
+
+    ``run_dir`` defaults to :func:`default_run_dir`. An interrupted search (Ctrl-C)
+    returns at once with ``export=None``; the same call resumes it.
+    """
+    run_dir = default_run_dir(settings) if run_dir is None else Path(run_dir)
+    options = options or RunOptions()
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "trials"}
+    outcome = search(settings, run_dir, options.trials, progress=progress, **fields)
+    if outcome.interrupted:
+        return SearchRun(run_dir, outcome, (), None)
+    measured = measure_front(run_dir) if settings.latency_source == "predicted" else []
+    return SearchRun(run_dir, outcome, tuple(measured), export_run(run_dir))
+
+
+def train_run(
+    config_file: str | Path,
+    dataset: str = "synthetic",
+    epochs: int = 10,
+    resolution: int = 64,
+    *,
+    init: str | Path | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+) -> tuple[TrainResult, Path]:
+    """Train the config in ``config_file`` (its classifier sized to the dataset); (result, checkpoint folder).
+
+    ``init`` is a weights file in timm's mobilevit layout (``.pth``, ``.safetensors``, or a
+    checkpoint holding one); ``out`` defaults to ``results/train/<config name>``, and the
+    same folder resumes.
+    """
+    cfg = load_config(config_file)
+    data = load_dataset(parse_dataset_spec(dataset), resolution)
+    initial = read_state_dict(init) if init else None
+    out = Path("results") / "train" / Path(config_file).stem if out is None else Path(out)
+    cfg = dataclasses.replace(cfg, num_classes=data.num_classes)
+    result = train(cfg, data, epochs, resolution, seed=seed, init_state_dict=initial, checkpoint_dir=out)
+    return result, out

@@ -1,0 +1,90 @@
+"""``pareto.png``: accuracy against latency for every completed trial, the front, the seeds and the budget.
+
+Example::
+
+    study, settings = read_study(run_dir), load_settings(run_dir)
+    plot_front(study, settings, front(study), run_dir / "pareto.png")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from mvit_nas.atomic import atomic_path
+from mvit_nas.report.front import seed_trials
+from mvit_nas.report.tables import accuracy_scale, spec_text
+from mvit_nas.run import is_feasible
+from mvit_nas.settings import SearchSettings
+
+if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the package
+    from matplotlib.axes import Axes
+
+__all__ = ["plot_front"]
+
+
+def _plot_trials(ax: Axes, study: optuna.Study, front_trials: Sequence[FrozenTrial], scale: float) -> None:
+    """Every completed trial off the front: feasible ones at their accuracy, over-budget ones at 0 (untrained)."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    front_numbers = {t.number for t in front_trials}
+    feasible = [t for t in complete if is_feasible(t) and t.number not in front_numbers]
+    infeasible = [t for t in complete if not is_feasible(t)]
+    if infeasible:
+        latencies = [t.values[1] for t in infeasible]
+        ax.scatter(latencies, [0.0] * len(infeasible), marker="x", color="0.65", label="over budget (not trained)")
+    if feasible:
+        accuracies = [t.values[0] * scale for t in feasible]
+        ax.scatter([t.values[1] for t in feasible], accuracies, color="tab:blue", alpha=0.6, label="feasible")
+
+
+def _plot_front(ax: Axes, front_trials: Sequence[FrozenTrial], scale: float, budget_ms: float) -> None:
+    if not front_trials:
+        return
+    latencies = [t.values[1] for t in front_trials]
+    accuracies = [t.values[0] * scale for t in front_trials]
+    # Best accuracy reachable within each latency: a step up at every front point, held to the budget.
+    ax.step([*latencies, budget_ms], [*accuracies, accuracies[-1]], where="post", color="tab:red", lw=1.5)
+    ax.scatter(latencies, accuracies, color="tab:red", zorder=3, label=f"Pareto front ({len(front_trials)})")
+    for trial, x, y in zip(front_trials, latencies, accuracies, strict=True):
+        ax.annotate(f"#{trial.number}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+
+
+def _plot_seeds(ax: Axes, study: optuna.Study, scale: float) -> None:
+    for name, seed in seed_trials(study).items():
+        feasible = is_feasible(seed)
+        y = seed.values[0] * scale if feasible else 0.0
+        colour = "gold" if feasible else "0.8"
+        ax.scatter([seed.values[1]], [y], marker="*", s=180, color=colour, edgecolor="black", zorder=4)
+        ax.annotate(name, (seed.values[1], y), textcoords="offset points", xytext=(6, 6), fontweight="bold")
+
+
+def plot_front(study: optuna.Study, settings: SearchSettings, front_trials: Sequence[FrozenTrial], path: Path) -> Path:
+    """Draw the run's accuracy-latency plot into ``path`` (PNG, written atomically)."""
+    # The object-oriented API with the Agg canvas draws without pyplot's global state or a display.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    scale, unit = accuracy_scale(settings)
+    budget_ms = settings.budget_ms
+    figure = Figure(figsize=(8, 5.5), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    _plot_trials(ax, study, front_trials, scale)
+    _plot_front(ax, front_trials, scale, budget_ms)
+    _plot_seeds(ax, study, scale)
+    ax.axvline(budget_ms, color="black", linestyle="--", lw=1, label=f"budget {budget_ms:g} ms")
+    # One legend entry for all seeds, however many ran.
+    ax.scatter([], [], marker="*", s=120, color="gold", edgecolor="black", label="seeds (xxs / xs / s)")
+    ax.set_xlabel("latency, median (ms)")
+    ax.set_ylabel(f"proxy accuracy ({unit})")
+    ax.set_title(f"Accuracy vs latency — {spec_text(study, settings)}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
