@@ -7,7 +7,7 @@ repeated calls, fvcore as one build-and-trace per config (what the search would
 otherwise pay per trial). The speed ratio is median(fvcore) / median(closed form).
 Goal: every config agrees and the ratio is over 1000x.
 
-Run: ``python benchmarks/cost.py [--n 50] [--seed 0]``; writes ``results/benchmarks/cost.json``.
+Run: ``python -m benchmarks.cost [--n 50] [--seed 0]``; writes ``results/benchmarks/cost.json``.
 """
 
 from __future__ import annotations
@@ -21,52 +21,14 @@ from typing import Any
 
 import torch
 
-from mvit_nas.config import ArchConfig, MobileViTStageConfig, MV2StageConfig, stage_sizes
+from benchmarks._common import write_result
+from mvit_nas.config import ArchConfig
 from mvit_nas.config import preset as load_preset
 from mvit_nas.cost import Cost, count_cost, fvcore_cost
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
+from mvit_nas.space import random_config
 
 GOAL_RATIO = 1000.0
 CLOSED_FORM_REPEATS = 25
-
-
-def random_config(rng: random.Random) -> ArchConfig:
-    """A small valid config: varied widths, depths, heads, ffn, patches (many not dividing the map), resolution."""
-    resolution = rng.choice((32, 33, 47, 64, 65, 96, 111, 128, 131, 160, rng.randint(32, 160)))
-    maps = stage_sizes(resolution, resolution)[3:]
-
-    def mv2(max_blocks: int) -> MV2StageConfig:
-        return MV2StageConfig(rng.randint(1, 24), rng.randint(1, 6), rng.randint(1, max_blocks))
-
-    def vit(map_hw: tuple[int, int]) -> MobileViTStageConfig:
-        heads = rng.choice((1, 2, 3, 4))
-        dim = heads * rng.choice((4, 5, 6, 8))
-        return MobileViTStageConfig(
-            out_channels=rng.randint(2, 32),
-            mv2_exp=rng.randint(1, 6),
-            transformer_channels=dim,
-            ffn_dim=rng.randint(dim, 3 * dim),
-            transformer_blocks=rng.randint(1, 2),
-            num_heads=heads,
-            patch_h=rng.randint(1, min(4, map_hw[0])),
-            patch_w=rng.randint(1, min(4, map_hw[1])),
-        )
-
-    return ArchConfig(
-        stem_channels=rng.randint(1, 16),
-        layer1=mv2(2),
-        layer2=mv2(3),
-        layer3=vit(maps[0]),
-        layer4=vit(maps[1]),
-        layer5=vit(maps[2]),
-        last_layer_exp_factor=rng.randint(1, 6),
-        resolution=resolution,
-        num_classes=rng.choice((1, 10, 100, 1000)),
-    )
 
 
 def _agrees(closed: Cost, traced: Cost) -> bool:

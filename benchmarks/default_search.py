@@ -8,7 +8,7 @@ every front point re-measures (median of the three re-profiles) within the budge
 plus 10%. Each re-profile is recorded: on a shared host one alone can land in a
 slow stretch (see ``latency_repeatability``).
 
-    python benchmarks/default_search.py [--budget-ms 5] [--run-dir DIR]
+    python -m benchmarks.default_search [--budget-ms 5] [--run-dir DIR]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_result
+from benchmarks._common import write_result
 
 REPROFILES = 3
 

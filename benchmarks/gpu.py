@@ -14,8 +14,8 @@ onnxruntime without the CUDA provider) does not lose the rest.
 
 Run::
 
-    python benchmarks/gpu.py           # ~3-5 min on an H100
-    python benchmarks/gpu.py --quick   # xxs only, 3 trials, marked quick
+    python -m benchmarks.gpu           # ~3-5 min on an H100
+    python -m benchmarks.gpu --quick   # xxs only, 3 trials, marked quick
 """
 
 from __future__ import annotations
@@ -35,17 +35,15 @@ from typing import Any
 
 import torch
 
+from benchmarks._common import write_result
 from mvit_nas.config import PRESETS, preset
 from mvit_nas.latency import LatencySpec, measure
 from mvit_nas.model import build_model
 from mvit_nas.proxy import ProxySpec
 from mvit_nas.report import front
-from mvit_nas.search import SearchSettings, search
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
+from mvit_nas.run import TrialRecord
+from mvit_nas.search import search
+from mvit_nas.settings import SearchSettings
 
 BACKENDS = ("eager", "cudagraph", "onnxruntime")
 BATCHES = (1, 32)
@@ -141,18 +139,18 @@ def short_search(budget_ms: float, trials: int) -> dict[str, Any]:
             return {"error": _error(error), "executor": executor, "seconds": round(time.perf_counter() - started, 1)}
         rows = []
         for trial in outcome.study.get_trials(deepcopy=False):
-            latency = trial.user_attrs.get("latency") or {}
+            record = TrialRecord.of(trial)
             rows.append(
                 {
                     "number": trial.number,
                     "state": trial.state.name,
-                    "seed": trial.user_attrs.get("seed"),
-                    "latency_ms": latency.get("median"),
-                    "feasible": trial.user_attrs.get("feasible"),
-                    "accuracy": trial.user_attrs.get("accuracy"),
-                    "proxy_seconds": trial.user_attrs.get("proxy_seconds"),
-                    "duration_s": trial.user_attrs.get("duration_s"),
-                    "failure": trial.user_attrs.get("failure"),
+                    "seed": record.seed,
+                    "latency_ms": record.latency.median_ms if record.latency else None,
+                    "feasible": record.feasible,
+                    "accuracy": record.accuracy,
+                    "proxy_seconds": record.proxy_seconds,
+                    "duration_s": record.duration_s,
+                    "failure": record.failure,
                 }
             )
             print(f"trial {rows[-1]}", flush=True)

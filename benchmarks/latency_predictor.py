@@ -12,7 +12,7 @@ Reported per backend: share of configs predicted within +/-10%, median and max
 absolute % error, the table build time and the prediction time per config.
 Goal (nn-Meter's bar): at least 95% within +/-10% on every backend.
 
-Run: ``python benchmarks/latency_predictor.py`` (~30 min on 2 cores; the ONNX
+Run: ``python -m benchmarks.latency_predictor`` (~30 min on 2 cores; the ONNX
 Runtime table is also saved to ``results/latency_tables/``), or ``--quick`` (5
 configs, tiny tables, a few minutes). Writes ``results/benchmarks/latency_predictor.json``.
 """
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import write_result
 from mvit_nas.latency import BACKENDS, measure_config, resolve_spec
 from mvit_nas.predictor import (
     LatencyTable,
@@ -41,11 +42,6 @@ from mvit_nas.predictor import (
     random_space_configs,
 )
 from mvit_nas.space import load_space
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
 
 GOAL_WITHIN = 0.95
 TOLERANCE = 0.10

@@ -11,7 +11,7 @@ Reported per backend and variant: the medians of the R runs, their spread
 ``(max - min) / median`` and coefficient of variation ``stdev / mean``.
 Goal: spread under 5% on CPU for every variant and backend.
 
-Run: ``python benchmarks/latency_repeatability.py`` (5 runs x 3 presets x 2
+Run: ``python -m benchmarks.latency_repeatability`` (5 runs x 3 presets x 2
 backends, ~10 min on 2 cores) or ``--quick`` (2 runs, xxs only). Writes
 ``results/benchmarks/latency_repeatability.json``.
 """
@@ -27,10 +27,7 @@ import sys
 import time
 from typing import Any
 
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
+from benchmarks._common import write_result
 
 GOAL_SPREAD = 0.05
 PROFILE_TIMEOUT_S = 600

@@ -15,8 +15,8 @@ measurement with how many trials were in flight at that moment.
 
 Run::
 
-    python benchmarks/latency_under_load.py           # ~6 min on 2 cores
-    python benchmarks/latency_under_load.py --quick   # fewer and shorter measurements, marked quick
+    python -m benchmarks.latency_under_load           # ~6 min on 2 cores
+    python -m benchmarks.latency_under_load --quick   # fewer and shorter measurements, marked quick
 """
 
 from __future__ import annotations
@@ -34,15 +34,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._common import write_result
 from mvit_nas.config import preset
 from mvit_nas.latency import Benchmark, DeviceLock
 from mvit_nas.model import build_model
-from mvit_nas.search import DEVICE_LOCK_FILE, STORAGE_FILE, SearchSettings, search
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
+from mvit_nas.run import DEVICE_LOCK_FILE, STORAGE_FILE
+from mvit_nas.search import search
+from mvit_nas.settings import SearchSettings
 
 GOAL = 0.10
 VARIANT = "xxs"

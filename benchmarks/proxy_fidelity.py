@@ -19,8 +19,8 @@ trial does), longest first so that the two cores stay busy to the end.
 
 Run::
 
-    python benchmarks/proxy_fidelity.py           # 10 configs, short + 8x: ~45-50 min on 2 quiet cores
-    python benchmarks/proxy_fidelity.py --quick   # 5 configs, short + 2x: a smoke test, marked quick
+    python -m benchmarks.proxy_fidelity           # 10 configs, short + 8x: ~45-50 min on 2 quiet cores
+    python -m benchmarks.proxy_fidelity --quick   # 5 configs, short + 2x: a smoke test, marked quick
 """
 
 from __future__ import annotations
@@ -40,17 +40,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from benchmarks._common import write_result
 from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.cost import count_cost
 from mvit_nas.data import ProxyData, load_dataset, parse_dataset_spec
 from mvit_nas.proxy import ProxySpec, TrialFailed, evaluate_proxy
-from mvit_nas.search import SearchSettings
+from mvit_nas.settings import SearchSettings
 from mvit_nas.space import load_space
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
 
 GOAL_TAU = 0.6
 ZERO_COST = ("synflow", "naswot", "grad_norm")

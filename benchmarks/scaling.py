@@ -27,8 +27,8 @@ The dataset is generated once and copied into each run folder, so no run pays fo
 
 Run::
 
-    python benchmarks/scaling.py           # 10 trials x 4 runs: ~40 min on 2 quiet cores
-    python benchmarks/scaling.py --quick   # 4 trials, tiny training and timing, marked quick
+    python -m benchmarks.scaling           # 10 trials x 4 runs: ~40 min on 2 quiet cores
+    python -m benchmarks.scaling --quick   # 4 trials, tiny training and timing, marked quick
 """
 
 from __future__ import annotations
@@ -42,16 +42,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pandas as pd
 
+from benchmarks._common import write_result
 from mvit_nas.data import load_dataset
-from mvit_nas.search import RayExecutor, SearchSettings, search
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
+from mvit_nas.executors import RayExecutor
+from mvit_nas.run import TrialRecord
+from mvit_nas.search import SearchProgress, evaluate, search
+from mvit_nas.settings import SearchSettings
 
 GOAL_OVERHEAD = 0.05
 GOAL_SPEEDUP = 1.6
@@ -80,7 +78,7 @@ def _import_search() -> float:
 def ray_startup(workers: int, cpus_per_trial: int) -> dict[str, float]:
     """Seconds for the search's own Ray start (init), a first task in a fresh worker, and shutdown."""
     started = time.perf_counter()
-    pool = RayExecutor(workers, cpus_per_trial)
+    pool = RayExecutor(evaluate, workers, cpus_per_trial)
     init_s = time.perf_counter() - started
     ray = pool._ray  # the executor's Ray module: the same instance the search would use
     started = time.perf_counter()
@@ -104,28 +102,28 @@ def run_search(
     run_dir = root / name
     shutil.copytree(data_dir, run_dir / "data")
 
-    def progress(study: optuna.Study) -> None:
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        print(f"  {name}: {len(done)}/{trials} trials finished", flush=True)
+    def progress(status: SearchProgress) -> None:
+        print(f"  {name}: {status.finished}/{trials} trials finished", flush=True)
 
     started = time.perf_counter()
     outcome = search(run_settings, run_dir, trials, progress=progress, **options)
     total_s = time.perf_counter() - started
     rows = []
     for trial in outcome.study.get_trials(deepcopy=False):
+        record = TrialRecord.of(trial)
         rows.append(
             {
                 "number": trial.number,
                 "state": trial.state.name,
-                "config_key": trial.user_attrs.get("config_key"),
-                "seed": trial.user_attrs.get("seed"),
+                "config_key": record.config_key,
+                "seed": record.seed,
                 "start": trial.datetime_start,
                 "end": trial.datetime_complete,
                 "span_s": (trial.datetime_complete - trial.datetime_start).total_seconds(),
-                "evaluate_s": trial.user_attrs.get("duration_s"),
-                "proxy_s": trial.user_attrs.get("proxy_seconds"),
-                "latency_ms": (trial.user_attrs.get("latency") or {}).get("median"),
-                "failure": trial.user_attrs.get("failure"),
+                "evaluate_s": record.duration_s,
+                "proxy_s": record.proxy_seconds,
+                "latency_ms": record.latency.median_ms if record.latency else None,
+                "failure": record.failure,
             }
         )
     table = pd.DataFrame(rows).sort_values("number")

@@ -1,6 +1,6 @@
 """Search efficiency: which Optuna sampler finds the best accuracy-latency front for a given number of trials?
 
-Every candidate sampler (``search.SAMPLERS``: tpe, nsga2, random; plus TPE
+Every candidate sampler (``settings.SAMPLERS``: tpe, nsga2, random; plus TPE
 without ``multivariate``) runs the same number of trials with 3 seeds on a
 cheap but real objective, set up like the real search:
 
@@ -26,8 +26,8 @@ can be made the default.
 
 Run::
 
-    python benchmarks/search_efficiency.py           # 4 samplers x 3 seeds x 60 trials: ~10 min on 2 cores
-    python benchmarks/search_efficiency.py --quick   # 20 trials, 2 seeds, marked quick
+    python -m benchmarks.search_efficiency           # 4 samplers x 3 seeds x 60 trials: ~10 min on 2 cores
+    python -m benchmarks.search_efficiency --quick   # 20 trials, 2 seeds, marked quick
 """
 
 from __future__ import annotations
@@ -51,20 +51,16 @@ import pandas as pd
 from optuna.trial import TrialState
 from scipy import stats
 
+from benchmarks._common import write_result
 from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.cost import count_cost
 from mvit_nas.data import ProxyData, load_dataset, parse_dataset_spec
 from mvit_nas.latency import LatencySpec, measure_config
 from mvit_nas.proxy import ProxySpec, TrialFailed, evaluate_proxy
 from mvit_nas.report import front, hypervolume
-from mvit_nas.run import is_feasible
-from mvit_nas.search import SAMPLERS, SearchSettings, config_key
+from mvit_nas.run import CONSTRAINT, TrialRecord, config_key, is_feasible
+from mvit_nas.settings import SAMPLERS, SearchSettings
 from mvit_nas.space import load_space
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
 
 GOAL_RATIO = 1.2
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -203,15 +199,15 @@ def run_study(job: StudyJob) -> dict[str, Any]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=CANDIDATES[job.sampler](job.seed))
     for name in PRESETS:  # the seeds come first, as in the real search
-        study.enqueue_trial(space.params_of(preset(name)), user_attrs={"seed": name})
+        study.enqueue_trial(space.params_of(preset(name)), user_attrs=TrialRecord(seed=name).user_attrs())
     low, high = job.score_range
     evaluated = 0
     for _ in range(job.trials):
         trial = study.ask()
         cfg = space.sample(trial)
         latency = job.latency(cfg)
-        trial.set_user_attr("config_key", config_key(cfg))
-        trial.set_constraint("latency_over_budget_ms", latency - job.budget_ms)
+        TrialRecord(config_key=config_key(cfg)).write(trial)
+        trial.set_constraint(CONSTRAINT, latency - job.budget_ms)
         if latency > job.budget_ms:
             study.tell(trial, [0.0, latency])  # never scored, like an over-budget trial of the search
             continue

@@ -10,7 +10,7 @@ bootstrap interval). CPU, batch 1, 256 px, float32, 2 threads.
 
 Run::
 
-    python benchmarks/vs_timm.py   # writes results/benchmarks/vs_timm.json
+    python -m benchmarks.vs_timm   # writes results/benchmarks/vs_timm.json
 """
 
 from __future__ import annotations
@@ -25,13 +25,9 @@ import torch
 from scipy import stats
 from torch import nn
 
+from benchmarks._common import write_result
 from mvit_nas import build_model, from_timm, preset
 from mvit_nas.latency import Benchmark, LatencySpec
-
-try:  # run as a script (benchmarks/ on sys.path) or as a module of the repository
-    from _common import write_result
-except ImportError:  # pragma: no cover
-    from benchmarks._common import write_result
 
 VARIANTS = ("xxs", "xs", "s")
 BACKENDS = ("eager", "onnxruntime")

@@ -1,13 +1,4 @@
-"""Device exclusivity across processes: :class:`DeviceLock` keeps training off a device while latency is measured.
-
-Example::
-
-    lock = DeviceLock(run_dir / "device.lock")
-    with lock.shared():
-        train_step()
-    with lock.exclusive():
-        time_model()
-"""
+"""Device exclusivity across processes: :class:`DeviceLock` keeps training off a device while latency is measured."""
 
 from __future__ import annotations
 
@@ -41,13 +32,12 @@ class DeviceLock:
     waiting and inside, and trainers pass through it briefly before taking the
     shared lock. Not re-entrant. Picklable (it holds paths only).
 
-    Example::
-
-        lock = DeviceLock(run_dir / "device.lock")
-        with lock.shared():
-            train_step()
-        with lock.exclusive():
-            time_model()
+    >>> import pathlib, tempfile
+    >>> lock = DeviceLock(pathlib.Path(tempfile.mkdtemp()) / "device.lock")
+    >>> with lock.shared():  # a training step
+    ...     pass
+    >>> with lock.exclusive():  # a latency measurement
+    ...     pass
     """
 
     def __init__(self, path: str | Path) -> None:
