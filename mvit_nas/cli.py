@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -10,10 +11,23 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from mvit_nas.config import PRESETS
-from mvit_nas.settings import DEFAULT_TRIALS, DEFAULT_WORKERS, LATENCY_SOURCES, SAMPLERS
+from mvit_nas.data import ALLOWED as DATASETS
+from mvit_nas.pipeline import train_run
+from mvit_nas.proxy import KINDS as PROXIES
+from mvit_nas.proxy import ProxySpec
+from mvit_nas.settings import DEFAULT_TRIALS, DEFAULT_WORKERS, LATENCY_SOURCES, SAMPLERS, SearchSettings
 from mvit_nas.validate import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _defaults(function_or_record: Any) -> dict[str, Any]:
+    """The package's own defaults, so that the CLI's never drift from them."""
+    parameters = inspect.signature(function_or_record).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+_SEARCH, _PROXY, _TRAIN = _defaults(SearchSettings), _defaults(ProxySpec), _defaults(train_run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -196,8 +210,6 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from mvit_nas.pipeline import train_run
-
     result, out = train_run(
         args.config, args.dataset, args.epochs, args.resolution, init=args.init, seed=args.seed, out=args.out
     )
@@ -224,17 +236,19 @@ def _add_search_parser(commands: Any) -> None:
         "--workers", type=_positive_int, default=DEFAULT_WORKERS, help=f"concurrent trials (default: {DEFAULT_WORKERS})"
     )
     _add_device_args(search)
-    search.add_argument("--dataset", default="synthetic", help="synthetic | cifar10:PATH | cifar100:PATH | folder:PATH")
-    search.add_argument("--proxy", default="train", help="train | synflow | naswot | grad_norm (default: train)")
+    search.add_argument("--dataset", default=_SEARCH["dataset"], help=f"{DATASETS} (default: {_SEARCH['dataset']})")
+    search.add_argument("--proxy", default=_PROXY["kind"], help=f"{' | '.join(PROXIES)} (default: {_PROXY['kind']})")
     search.add_argument("--epochs", type=float, help="proxy training epochs (default: the proxy's own)")
-    search.add_argument("--sampler", default="tpe", help=f"{' | '.join(SAMPLERS)} (default: tpe)")
+    search.add_argument(
+        "--sampler", default=_SEARCH["sampler"], help=f"{' | '.join(SAMPLERS)} (default: {_SEARCH['sampler']})"
+    )
     search.add_argument(
         "--latency",
-        default="measured",
+        default=_SEARCH["latency_source"],
         choices=LATENCY_SOURCES,
         help="measure each trial, or predict from `mvit-nas latency-table build` (front measured at the end)",
     )
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--seed", type=int, default=_SEARCH["seed"])
     search.add_argument(
         "--run-dir", help="run folder; the same folder resumes (default: results/search-<budget>ms-seed<seed>)"
     )
@@ -285,11 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one config (e.g. a front point) for as long as you like")
     train.add_argument("--config", required=True, help="an ArchConfig YAML or JSON file")
-    train.add_argument("--dataset", default="synthetic", help="synthetic | cifar10:PATH | cifar100:PATH | folder:PATH")
-    train.add_argument("--epochs", type=_positive_int, default=10)
-    train.add_argument("--resolution", type=_positive_int, default=64, help="training resolution in px (default: 64)")
-    train.add_argument("--init", help="initial weights: a state dict in timm's mobilevit layout (.pth)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dataset", default=_TRAIN["dataset"], help=f"{DATASETS} (default: {_TRAIN['dataset']})")
+    train.add_argument("--epochs", type=_positive_int, default=_TRAIN["epochs"])
+    train.add_argument(
+        "--resolution", type=_positive_int, default=_TRAIN["resolution"], help="training resolution in px"
+    )
+    train.add_argument(
+        "--init", help="initial weights in timm's mobilevit layout: .pth, .safetensors or a checkpoint holding one"
+    )
+    train.add_argument("--seed", type=int, default=_TRAIN["seed"])
     train.add_argument("--out", help="checkpoint folder; the same folder resumes (default: results/train/<config>)")
     train.set_defaults(run=_cmd_train)
     return parser
