@@ -5,7 +5,7 @@ threads) is prepared once and timed (a) on an idle machine, before and after,
 and (b) while a real 2-worker Ray search (``search(..., executor="ray",
 workers=2)``, in a child process, with its own temporary run folder) is
 training. During (b) the measurement holds the search's own device lock
-(``DEVICE_LOCK_FILE`` in that run folder) exclusively, exactly as a trial's
+(this machine's CPU lock, ``device_lock("cpu")``) exclusively, exactly as a trial's
 latency measurement does, so the search's training steps pause while it times.
 Goal: the median of the loaded measurements within 10% of the idle median.
 
@@ -36,9 +36,9 @@ from typing import Any
 
 from benchmarks._common import write_result
 from mvit_nas.config import preset
-from mvit_nas.latency import Benchmark, DeviceLock
+from mvit_nas.latency import Benchmark, DeviceLock, device_lock
 from mvit_nas.model import build_model
-from mvit_nas.run import DEVICE_LOCK_FILE, STORAGE_FILE
+from mvit_nas.run import STORAGE_FILE
 from mvit_nas.search import search
 from mvit_nas.settings import SearchSettings
 
@@ -100,7 +100,7 @@ def main() -> None:
     error = None
     with tempfile.TemporaryDirectory(prefix="latency-under-load-") as scratch:
         run_dir = Path(scratch) / "run"
-        lock = DeviceLock(run_dir / DEVICE_LOCK_FILE)  # the very file the search's trials lock
+        lock = device_lock("cpu")  # the very lock the search's trials take
         rows += [measure(bench, lock, "idle") for _ in range(idle_rounds)]
 
         child = multiprocessing.get_context("spawn").Process(target=_run_search, args=(str(run_dir), SEARCH_TRIALS))
@@ -154,7 +154,7 @@ def main() -> None:
             "budget_ms": BUDGET_MS,
             "settings": "SearchSettings defaults (TPE, default proxy and latency spec)",
         },
-        "lock": f"exclusive DeviceLock on the search's {DEVICE_LOCK_FILE}, as a trial's latency measurement",
+        "lock": "exclusive device_lock('cpu'), as a trial's latency measurement",
         "rounds": {"idle": 2 * idle_rounds, "loaded": len(loaded_values), "gap_s": gap_s, "settle_s": settle_s},
         "duration_s": round(time.perf_counter() - started, 1),
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},

@@ -15,7 +15,7 @@ from mvit_nas.data import ALLOWED as DATASETS
 from mvit_nas.pipeline import train_run
 from mvit_nas.proxy import KINDS as PROXIES
 from mvit_nas.proxy import ProxySpec
-from mvit_nas.settings import DEFAULT_TRIALS, DEFAULT_WORKERS, LATENCY_SOURCES, SAMPLERS, SearchSettings
+from mvit_nas.settings import DEFAULT_TRIALS, DEFAULT_WORKERS, LATENCY_SOURCES, SAMPLERS, RunOptions, SearchSettings
 from mvit_nas.validate import InputError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
@@ -27,7 +27,7 @@ def _defaults(function_or_record: Any) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-_SEARCH, _PROXY, _TRAIN = _defaults(SearchSettings), _defaults(ProxySpec), _defaults(train_run)
+_SEARCH, _PROXY, _TRAIN, _RUN = (_defaults(f) for f in (SearchSettings, ProxySpec, train_run, RunOptions))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,7 +160,6 @@ def _cmd_latency_table_build(args: argparse.Namespace) -> None:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from mvit_nas.pipeline import run_search
-    from mvit_nas.settings import RunOptions, SearchSettings
 
     settings = SearchSettings.create(
         args.budget_ms,
@@ -174,6 +173,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         seed=args.seed,
         latency_source=args.latency,
+        here=args.address is None,  # on a cluster the workers, not this machine, need the device
     )
     options = RunOptions(
         trials=args.trials,
@@ -181,6 +181,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         workers=args.workers,
         address=args.address,
         trial_timeout=args.trial_timeout,
+        gpus_per_trial=args.gpus_per_trial,
     )
     with _ProgressBar(total=args.trials) as bar:
         result = run_search(settings, args.run_dir, options, progress=bar.update)
@@ -211,7 +212,15 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     result, out = train_run(
-        args.config, args.dataset, args.epochs, args.resolution, init=args.init, seed=args.seed, out=args.out
+        args.config,
+        args.dataset,
+        args.epochs,
+        args.resolution,
+        init=args.init,
+        seed=args.seed,
+        out=args.out,
+        device=args.device,
+        threads=args.threads,
     )
     print(f"top-1 accuracy {result.accuracy:.4f} after {result.epochs} epochs; checkpoints in {out}")
 
@@ -253,6 +262,12 @@ def _add_search_parser(commands: Any) -> None:
         "--run-dir", help="run folder; the same folder resumes (default: results/search-<budget>ms-seed<seed>)"
     )
     search.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
+    search.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=_RUN["gpus_per_trial"],
+        help=f"on --device cuda, a trial's share of a GPU; 0.5 runs two per GPU (default: {_RUN['gpus_per_trial']:g})",
+    )
     search.set_defaults(run=_cmd_search)
 
 
@@ -308,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--init", help="initial weights in timm's mobilevit layout: .pth, .safetensors or a checkpoint holding one"
     )
     train.add_argument("--seed", type=int, default=_TRAIN["seed"])
+    train.add_argument("--device", default=_TRAIN["device"], help="auto | cpu | cuda (default: auto)")
+    train.add_argument("--threads", type=_positive_int, help="CPU threads (default: all cores)")
     train.add_argument("--out", help="checkpoint folder; the same folder resumes (default: results/train/<config>)")
     train.set_defaults(run=_cmd_train)
     return parser

@@ -2,11 +2,14 @@
 
 The search driver submits one call per trial and polls for finished ones; an
 executor only runs a function and hands back its result (or re-raises its error).
+Large inputs every call needs (the dataset) are :meth:`~Executor.share`-d once:
+a worker on any machine fetches them from Ray's object store, never from the
+driver's disk.
 
 Example:
 
->>> pool = LocalExecutor(lambda x: x * 2)
->>> handle = pool.submit(21)
+>>> pool = LocalExecutor(lambda x, shared: x * shared.get())
+>>> handle = pool.submit(21, pool.share(2))
 >>> pool.wait([handle], timeout=0.0) == [handle], pool.result(handle)
 (True, 42)
 """
@@ -14,12 +17,56 @@ Example:
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
+
+from mvit_nas.validate import InputError
+from mvit_nas.watchdog import guard_private_ray
+
+_FETCHED: dict[str, Any] = {}  # this worker process's copy of the shared input it last fetched
+
+
+@dataclass(frozen=True)
+class Shared:
+    """An input sent once for many calls: the value itself (in-process) or a reference into Ray's object store."""
+
+    value: Any = None
+    ref: Any = None  # a Ray ObjectRef; nested in this record so that Ray does not fetch it for every call
+
+    def get(self) -> Any:
+        """The value; a Ray worker fetches it once and keeps it for the calls that follow."""
+        if self.ref is None:
+            return self.value
+        key = self.ref.hex()
+        if key not in _FETCHED:
+            import ray
+
+            _FETCHED.clear()  # one run's inputs at a time
+            _FETCHED[key] = ray.get(self.ref)
+        return _FETCHED[key]
+
+
+def node_name() -> str:
+    """The machine this process runs on: its host name, and its Ray node id inside a Ray worker."""
+    host = socket.gethostname()
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{host} ({ray.get_runtime_context().get_node_id()[:12]})"
+    except ImportError:
+        pass
+    return host
 
 
 class Executor(Protocol):
     """Runs calls of one function; handles are opaque."""
+
+    def share(self, value: Any) -> Shared:
+        """Make ``value`` available to every call (pass the returned :class:`Shared` as an argument)."""
+        ...
 
     def submit(self, *args: Any) -> Any:
         """Start one call; returns its handle."""
@@ -50,6 +97,9 @@ class LocalExecutor:
         self._done: dict[int, tuple[Any, BaseException | None]] = {}
         self._next = 0
 
+    def share(self, value: Any) -> Shared:
+        return Shared(value=value)
+
     def submit(self, *args: Any) -> int:
         handle, self._next = self._next, self._next + 1
         try:
@@ -75,16 +125,26 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Runs calls as Ray tasks, ``cpus_per_call`` CPUs each.
+    """Runs calls as Ray tasks, ``cpus_per_call`` CPUs (and ``gpus_per_call`` GPUs) each.
 
     Without ``address`` it starts a private Ray on this machine that listens on
     127.0.0.1 only (an open Ray port lets anyone who reaches it run code,
-    CVE-2023-48022); with ``address`` it joins that cluster, whose nodes must have
-    mvit-nas installed.
+    CVE-2023-48022) and declares the GPUs torch sees (or ``num_gpus``); with
+    ``address`` it joins that cluster, whose nodes must have mvit-nas installed.
+    Calls that ask for a GPU are scheduled by Ray on nodes that have one, and see
+    only the GPU(s) Ray assigned them (``CUDA_VISIBLE_DEVICES``); a fraction
+    (``gpus_per_call=0.5``) lets that many calls share one GPU.
     """
 
     def __init__(
-        self, function: Callable[..., Any], workers: int, cpus_per_call: int, address: str | None = None
+        self,
+        function: Callable[..., Any],
+        workers: int,
+        cpus_per_call: int,
+        address: str | None = None,
+        *,
+        gpus_per_call: float = 0.0,
+        num_gpus: int | None = None,
     ) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         import ray
@@ -93,18 +153,35 @@ class RayExecutor:
         if address:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         else:
+            if num_gpus is None:
+                import torch
+
+                num_gpus = torch.cuda.device_count() if gpus_per_call else 0
             # "local": a new private instance even where `ray start` left a cluster running on this
             # machine, which ray.init() without an address would join.
-            ray.init(
+            context = ray.init(
                 address="local",
                 num_cpus=workers * cpus_per_call,
+                num_gpus=num_gpus,
                 include_dashboard=False,
                 _node_ip_address="127.0.0.1",
                 logging_level="ERROR",
                 log_to_driver=False,
             )
+            # A private Ray must not outlive this process, however it dies (kill -9, the OOM killer).
+            # Never for a cluster joined with --address: that Ray is the user's.
+            guard_private_ray(context.address_info["session_dir"])
+        if gpus_per_call and not ray.cluster_resources().get("GPU"):
+            where = f"the Ray cluster at {address}" if address else "this machine (torch sees no CUDA device)"
+            ray.shutdown()
+            raise InputError("--device", f"cuda trials need a GPU, but {where} has none; use --device cpu")
         # A worker killed mid-call (SIGKILL, node loss) is retried once, then the call fails.
-        self._remote = ray.remote(num_cpus=cpus_per_call, max_retries=1, retry_exceptions=False)(function)
+        self._remote = ray.remote(
+            num_cpus=cpus_per_call, num_gpus=gpus_per_call, max_retries=1, retry_exceptions=False
+        )(function)
+
+    def share(self, value: Any) -> Shared:
+        return Shared(ref=self._ray.put(value))
 
     def submit(self, *args: Any) -> Any:
         return self._remote.remote(*args)

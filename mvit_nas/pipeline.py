@@ -22,12 +22,13 @@ from mvit_nas import run as run_folder
 from mvit_nas.atomic import write_text
 from mvit_nas.config import load_config
 from mvit_nas.data import load_dataset, parse_dataset_spec
-from mvit_nas.latency import measure_config
+from mvit_nas.latency import available_threads, measure_config, resolve_spec
 from mvit_nas.proxy import TrainResult, read_state_dict, train
 from mvit_nas.report import ExportResult, export_run, front
 from mvit_nas.run import TrialRecord
 from mvit_nas.search import SearchOutcome, SearchProgress, search
 from mvit_nas.settings import RunOptions, SearchSettings
+from mvit_nas.validate import check_int
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,23 @@ def train_run(
     init: str | Path | None = None,
     seed: int = 0,
     out: str | Path | None = None,
+    device: str = "auto",
+    threads: int | None = None,
 ) -> tuple[TrainResult, Path]:
     """Train the config in ``config_file`` (its classifier sized to the dataset); (result, checkpoint folder).
 
     ``init`` is a weights file in timm's mobilevit layout (``.pth``, ``.safetensors``, or a
     checkpoint holding one); ``out`` defaults to ``results/train/<config name>``, and the
-    same folder resumes.
+    same folder resumes. ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda``;
+    ``threads``: CPU threads (default: every CPU this process may use).
     """
+    device = resolve_spec(device=device).device  # "cuda" without CUDA is bad input, named --device
+    threads = available_threads() if threads is None else check_int("--threads", threads, 1)
     cfg = load_config(config_file)
     data = load_dataset(parse_dataset_spec(dataset), resolution)
     initial = read_state_dict(init) if init else None
     out = Path("results") / "train" / Path(config_file).stem if out is None else Path(out)
     cfg = dataclasses.replace(cfg, num_classes=data.num_classes)
-    result = train(cfg, data, epochs, resolution, seed=seed, init_state_dict=initial, checkpoint_dir=out)
+    options = {"seed": seed, "threads": threads, "device": device, "init_state_dict": initial, "checkpoint_dir": out}
+    result = train(cfg, data, epochs, resolution, **options)
     return result, out

@@ -45,7 +45,6 @@ STUDY_NAME = "mvit-nas"
 STORAGE_FILE = "study.db"
 SETTINGS_FILE = "run.yaml"
 LOCK_FILE = ".search.lock"
-DEVICE_LOCK_FILE = ".device.lock"
 LATENCY_TABLE_FILE = "latency_table.json"  # the predictor a run uses, copied in at its start
 FRONT_LATENCY_FILE = "front_latency.json"  # a predicted-latency run's front, measured at the end
 DATA_DIR = "data"  # the generated dataset's cache
@@ -97,6 +96,8 @@ class TrialRecord:
     proxy_seconds: float | None = None
     duration_s: float | None = None
     failure: str | None = None
+    node: str | None = None  # the machine that evaluated it: host name and Ray node id
+    hardware: str | None = None  # the device it was measured and trained on, e.g. "cpu: AMD EPYC 7B13"
 
     @property
     def evaluated(self) -> bool:

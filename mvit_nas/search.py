@@ -23,12 +23,11 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -36,10 +35,10 @@ from optuna.trial import FrozenTrial, TrialState
 from mvit_nas import run as run_folder
 from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.cost import count_cost
-from mvit_nas.data import DatasetSpec, ProxyData, load_dataset
-from mvit_nas.executors import Executor, LocalExecutor, RayExecutor
+from mvit_nas.data import ProxyData, load_dataset
+from mvit_nas.executors import Executor, LocalExecutor, RayExecutor, Shared, node_name
 from mvit_nas.faults import inject_fault
-from mvit_nas.latency import DeviceLock, LatencySpec, LatencyStats, measure_config
+from mvit_nas.latency import LatencyStats, check_available, device_lock, hardware_name, measure_config
 from mvit_nas.proxy import TrialFailed, evaluate_proxy
 from mvit_nas.report import front
 from mvit_nas.run import INTERRUPTED, TrialRecord, config_key, is_finished
@@ -47,55 +46,54 @@ from mvit_nas.settings import DEFAULT_TRIALS, SAMPLERS, RunOptions, SearchSettin
 from mvit_nas.space import SearchSpace
 from mvit_nas.validate import first_line, writable_folder
 
+if TYPE_CHECKING:
+    from mvit_nas.predictor import LatencyTable
+
 __all__ = ["SAMPLERS", "SearchOutcome", "SearchProgress", "evaluate", "search"]
 
 
 # --- one evaluation (runs on a Ray worker, or in-process) ---------------------------
 
 
-@functools.lru_cache(maxsize=2)
-def _dataset(spec: DatasetSpec, resolution: int, cache_dir: str) -> ProxyData:
-    # Ray reuses worker processes, so each worker generates or reads the data once.
-    return load_dataset(spec, resolution, cache_dir=Path(cache_dir))
+@dataclass(frozen=True)
+class WorkerInputs:
+    """What every evaluation needs besides its config, sent once to the workers (never read from the run folder)."""
+
+    data: ProxyData
+    table: LatencyTable | None  # the latency predictor, when the run predicts latency
 
 
-@functools.lru_cache(maxsize=1)
-def _latency_table(path: str, spec: LatencySpec) -> Any:
-    from mvit_nas.predictor import load_table
-
-    return load_table(spec, path)
-
-
-def _latency(cfg: ArchConfig, settings: SearchSettings, run_dir: Path, lock: DeviceLock) -> LatencyStats:
+def _latency(cfg: ArchConfig, settings: SearchSettings, inputs: WorkerInputs) -> LatencyStats:
     spec = dataclasses.replace(settings.latency, height=cfg.resolution, width=cfg.resolution)
-    if settings.latency_source == "predicted":
-        table = _latency_table(str(run_dir / run_folder.LATENCY_TABLE_FILE), settings.latency)
-        ms = table.predict(cfg)
+    if inputs.table is not None:
+        ms = inputs.table.predict(cfg)
         return LatencyStats(ms, ms, ms, ms, n=0, spec=spec, peak_memory_mb=None, predicted=True)
+    check_available(spec)  # on this worker: the driver may run on a machine without the device
     # Export and session set-up hold the device too: on a CPU they would slow another worker's timing.
-    with lock.exclusive():
+    with device_lock(spec.device).exclusive():
         return measure_config(cfg, spec)
 
 
-def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, run_dir: str) -> TrialRecord:
+def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, shared: Shared) -> TrialRecord:
     """Evaluate one architecture: cost, latency, then (if within budget) the accuracy proxy.
 
-    Returns the evaluation fields of a :class:`~mvit_nas.run.TrialRecord`. A proxy
+    Returns the evaluation fields of a :class:`~mvit_nas.run.TrialRecord`, with the
+    machine and device that ran it. ``shared`` holds the :class:`WorkerInputs`. A proxy
     failure (divergence, out of memory) is returned as ``failure``; any other
     exception propagates and the driver records it.
     """
     started = time.perf_counter()
-    folder = Path(run_dir)
+    inputs: WorkerInputs = shared.get()
     proxy_spec = inject_fault(trial_number, settings.proxy)
     cost = count_cost(cfg)
-    lock = DeviceLock(folder / run_folder.DEVICE_LOCK_FILE)
-    latency = _latency(cfg, settings, folder, lock)
-    record = TrialRecord(params=cost.params, flops=cost.flops, latency=latency)
-    record = dataclasses.replace(record, feasible=latency.median_ms <= settings.budget_ms)
+    latency = _latency(cfg, settings, inputs)
+    record = TrialRecord(params=cost.params, flops=cost.flops, latency=latency, node=node_name())
+    record = dataclasses.replace(
+        record, feasible=latency.median_ms <= settings.budget_ms, hardware=hardware_name(settings.latency.device)
+    )
     if record.feasible:
-        data = _dataset(settings.dataset_spec(), settings.proxy.resolution, str(folder / run_folder.DATA_DIR))
         try:
-            proxy = evaluate_proxy(cfg, proxy_spec, data, step_guard=lock.shared)
+            proxy = evaluate_proxy(cfg, proxy_spec, inputs.data, step_guard=device_lock(proxy_spec.device).shared)
             record = dataclasses.replace(record, accuracy=proxy.score, proxy_seconds=proxy.seconds)
         except TrialFailed as error:
             record = dataclasses.replace(record, failure=error.reason)
@@ -197,13 +195,14 @@ class _Driver:
         study: optuna.Study,
         settings: SearchSettings,
         run_dir: Path,
-        num_classes: int,
+        inputs: WorkerInputs,
         options: RunOptions,
         progress: Callable[[SearchProgress], None] | None,
     ) -> None:
         self.study, self.settings, self.run_dir = study, settings, run_dir
         self.space = settings.search_space()
-        self.num_classes, self.options, self.progress = num_classes, options, progress
+        self.inputs, self.options, self.progress = inputs, options, progress
+        self.num_classes = inputs.data.num_classes
         history = study.get_trials(deepcopy=False)
         self.finished = sum(is_finished(t) for t in history)
         # config key -> the finished trial's record, so a repeated config is not evaluated twice
@@ -216,6 +215,7 @@ class _Driver:
         # config key -> trials asked for a config that is being evaluated right now
         self.waiting: dict[str, list[tuple[optuna.Trial, ArchConfig]]] = {}
         self.pool: Executor | None = None
+        self.shared: Shared | None = None  # the inputs, once shared with the pool's workers
 
     def run(self) -> SearchOutcome:
         started = time.monotonic()
@@ -254,12 +254,9 @@ class _Driver:
 
     def _submit(self, trial: optuna.Trial, key: str, cfg: ArchConfig) -> None:
         if self.pool is None:
-            if self.options.executor == "local":
-                self.pool = LocalExecutor(evaluate)
-            else:
-                threads = self.settings.proxy.threads
-                self.pool = RayExecutor(evaluate, self.options.workers, threads, self.options.address)
-        handle = self.pool.submit(trial.number, cfg, self.settings, str(self.run_dir))
+            self.pool = make_executor(self.settings, self.options)
+            self.shared = self.pool.share(self.inputs)
+        handle = self.pool.submit(trial.number, cfg, self.settings, self.shared)
         self.in_flight[handle] = (trial, key, time.monotonic())
 
     def _collect(self) -> None:
@@ -302,7 +299,8 @@ class _Driver:
             self._submit(duplicate, key, cfg)
 
     def _finish_duplicate(self, trial: optuna.Trial, key: str, original: TrialRecord) -> None:
-        copied = {name: getattr(original, name) for name in ("params", "flops", "latency", "feasible", "accuracy")}
+        reused = ("params", "flops", "latency", "feasible", "accuracy", "node", "hardware")
+        copied = {name: getattr(original, name) for name in reused}
         record = TrialRecord(**copied, duration_s=0.0, duplicate_of=original.trial_number)
         self._finish(trial, key, record)
 
@@ -312,26 +310,45 @@ class _Driver:
             self.progress(SearchProgress.of(self.study))
 
 
-def _prepare(settings: SearchSettings, run_dir: Path, data: ProxyData | None) -> tuple[optuna.Study, int]:
-    """Create or resume the run folder: (its study, the dataset's class count)."""
+def make_executor(settings: SearchSettings, options: RunOptions) -> Executor:
+    """The executor ``options`` ask for; on ``cuda``, each Ray task asks for its share of a GPU."""
+    if options.executor == "local":
+        return LocalExecutor(evaluate)
+    gpus = options.gpus_per_trial if settings.latency.device == "cuda" else 0.0
+    cpus = settings.proxy.threads
+    return RayExecutor(evaluate, options.workers, cpus, options.address, gpus_per_call=gpus)
+
+
+def _latency_table(settings: SearchSettings, run_dir: Path) -> LatencyTable | None:
+    """The run's latency predictor: copied into the run folder at its start, read from there on resume."""
+    if settings.latency_source != "predicted":
+        return None
+    from mvit_nas.predictor import LatencyTable, load_table
+
+    table_file = run_dir / run_folder.LATENCY_TABLE_FILE
+    if table_file.exists():
+        return LatencyTable.load(table_file, settings.latency)
+    return load_table(settings.latency)  # missing or mismatched: an error before anything is written
+
+
+def _prepare(settings: SearchSettings, run_dir: Path, data: ProxyData | None) -> tuple[optuna.Study, WorkerInputs]:
+    """Create or resume the run folder: its study, and the inputs every evaluation needs."""
     run_folder.check_storage(run_dir)
-    if data is None:  # the generated dataset is made inside the run folder, where it is cached for the workers
+    if data is None:  # the generated dataset is cached in the run folder, which only the driver reads
         cache_dir = run_dir / run_folder.DATA_DIR
         data = load_dataset(settings.dataset_spec(), settings.proxy.resolution, cache_dir=cache_dir)
-    table_file = run_dir / run_folder.LATENCY_TABLE_FILE
-    table = None
-    if settings.latency_source == "predicted" and not table_file.exists():
-        from mvit_nas.predictor import load_table
-
-        table = load_table(settings.latency)  # missing or mismatched: an error before anything is written
+    table = _latency_table(settings, run_dir)
     run_folder.write_settings(run_dir, settings)
-    if table is not None:
+    table_file = run_dir / run_folder.LATENCY_TABLE_FILE
+    if table is not None and not table_file.exists():
         table.save(table_file)
-    study = run_folder.open_study(run_dir, settings.make_sampler())
+    study = run_folder.open_study(run_dir)
+    # A resumed run's sampler is seeded anew, so that it does not re-propose what the run evaluated.
+    study.sampler = settings.make_sampler(resumed_at=len(study.get_trials(deepcopy=False)))
     if not study.get_trials(deepcopy=False):
         _enqueue_seeds(study, settings.search_space())
     _requeue_interrupted(study)
-    return study, data.num_classes
+    return study, WorkerInputs(data, table)
 
 
 def search(
@@ -358,5 +375,5 @@ def search(
     run_folder.check_free_space(run_dir)
     writable_folder(run_dir, "--run-dir")
     with run_folder.exclusive(run_dir):
-        study, num_classes = _prepare(settings, run_dir, data)
-        return _Driver(study, settings, run_dir, num_classes, run_options, progress).run()
+        study, inputs = _prepare(settings, run_dir, data)
+        return _Driver(study, settings, run_dir, inputs, run_options, progress).run()

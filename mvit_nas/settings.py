@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy
 import optuna
 
 from mvit_nas.config import read_mapping
@@ -74,22 +75,32 @@ class SearchSettings:
         threads: int | None = None,
         proxy: str = "train",
         epochs: float | None = None,
+        here: bool = True,
         **fields: Any,
     ) -> SearchSettings:
         """Settings from user choices (``auto`` allowed, a space file's path), as ``mvit-nas search`` takes them.
 
-        The proxy trains on the device latency is measured on. ``fields`` are the other
-        fields (``dataset``, ``sampler``, ``seed``, ``latency_source``).
+        The proxy trains on the device latency is measured on. ``here=False``: the trials run
+        on a cluster's workers, so this machine need not have the device. ``fields`` are the
+        other fields (``dataset``, ``sampler``, ``seed``, ``latency_source``).
         """
-        latency = resolve_spec(device=device, backend=backend, threads=threads)
+        latency = resolve_spec(device=device, backend=backend, threads=threads, here=here)
         proxy_spec = ProxySpec(kind=proxy, seed=fields.get("seed", 0), device=latency.device)
         if epochs is not None:
             proxy_spec = dataclasses.replace(proxy_spec, epochs=epochs)
         space = read_mapping(space_file, "--space") if space_file else None
         return cls(budget_ms=budget_ms, space=space, latency=latency, proxy=proxy_spec, **fields)
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
-        return SAMPLERS[self.sampler](self.seed)
+    def make_sampler(self, resumed_at: int = 0) -> optuna.samplers.BaseSampler:
+        """The run's sampler, for a study that already holds ``resumed_at`` trials.
+
+        Seeded from the run's seed and that count: a resumed run draws new random numbers
+        (a sampler re-seeded as at the start would re-propose the configs it already
+        evaluated, TPE's random start-up phase most of all), and the same run resumed at
+        the same point draws the same ones.
+        """
+        seed = int(numpy.random.SeedSequence([self.seed, resumed_at]).generate_state(1)[0])
+        return SAMPLERS[self.sampler](seed if resumed_at else self.seed)
 
     def search_space(self) -> SearchSpace:
         return load_space() if self.space is None else parse_space(self.space)
@@ -125,10 +136,12 @@ class RunOptions:
     address: str | None = None
     executor: str = "ray"
     trial_timeout: float | None = None
+    gpus_per_trial: float = 1.0  # on --device cuda: each trial's share of a GPU (0.5: two trials per GPU)
 
     def __post_init__(self) -> None:
         check_int("--trials", self.trials, 1)
         check_int("--workers", self.workers, 1)
+        check_number("--gpus-per-trial", self.gpus_per_trial, 0.0, 64.0, open_low=True)
         for flag, value in (("--timeout", self.timeout), ("--trial-timeout", self.trial_timeout)):
             if value is not None:
                 check_number(flag, value, 0.0, open_low=True, unit=" of seconds")

@@ -90,7 +90,8 @@ FAST_PROXY = ProxySpec(epochs=0.01, batch_size=32)
 
 
 def tiny_settings(budget_ms: float = 1000.0, **changes: Any) -> SearchSettings:
-    return SearchSettings(budget_ms=budget_ms, space=TINY_SPACE, latency=FAST_LATENCY, proxy=FAST_PROXY, **changes)
+    fields = {"space": TINY_SPACE, "latency": FAST_LATENCY, "proxy": FAST_PROXY, **changes}
+    return SearchSettings(budget_ms=budget_ms, **fields)
 
 
 # Two choices per knob, for the latency predictor's sampling and fitting.

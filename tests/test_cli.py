@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from mvit_nas import preset
 from mvit_nas.cli import main
@@ -223,3 +225,36 @@ def test_export_on_a_folder_without_a_run_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     _assert_one_line(result.stderr, "--run-dir")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_train_on_cuda_without_cuda_exits_2_naming_the_device(tmp_path: Path) -> None:
+    config = preset("xxs").save(tmp_path / "xxs.yaml")
+    out = tmp_path / "out"
+    result = _run(["train", "--config", str(config), "--device", "cuda", "--out", str(out)])
+    assert result.returncode == 2
+    _assert_one_line(result.stderr, "--device")
+    assert not out.exists()
+
+
+def test_train_runs_on_the_threads_asked_and_reads_safetensors_init(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.torch import save_file
+
+    from mvit_nas import build_model
+
+    cfg = dataclasses.replace(preset("xxs"), resolution=64)
+    config = cfg.save(tmp_path / "xxs.yaml")
+    weights = tmp_path / "xxs.safetensors"
+    save_file({key: value.contiguous() for key, value in build_model(cfg).state_dict().items()}, str(weights))
+    tiny = tmp_path / "tiny"
+    for split, count in (("train", 20), ("val", 2)):  # 36 train images after the held-out 10%: one batch
+        for name in ("a", "b"):
+            (tiny / split / name).mkdir(parents=True)
+            for index in range(count):
+                Image.new("RGB", (40, 40), (index * 40, 0, 0)).save(tiny / split / name / f"{index}.png")
+    args = ["train", "--config", str(config), "--dataset", f"folder:{tiny}", "--epochs", "1", "--resolution", "32"]
+    status = main([*args, "--device", "cpu", "--threads", "2", "--init", str(weights), "--out", str(tmp_path / "o")])
+    assert status == 0, capsys.readouterr().err
+    assert "top-1 accuracy" in capsys.readouterr().out

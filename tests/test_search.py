@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import optuna
 import pytest
@@ -93,6 +94,27 @@ def test_resuming_keeps_finished_trials_and_rejects_changed_settings(tmp_path: P
         search(tiny_settings(budget_ms=5.0), run_dir, trials=6, executor="local")
     assert caught.value.field == "--run-dir"
     assert "budget_ms" in str(caught.value)
+
+
+# Eight choices on three more knobs (4,096 architectures): the seeded sampler's first draws do
+# not repeat one another, so a repeat after a resume can only come from re-drawing them.
+WIDE_SPACE: dict[str, Any] = {
+    **TINY_SPACE,
+    "stem_channels": [8, 16, 24, 32, 40, 48, 56, 64],
+    "layer1": {**TINY_SPACE["layer1"], "out_channels": [8, 16, 24, 32, 40, 48, 56, 64]},
+    "layer2": {**TINY_SPACE["layer2"], "out_channels": [8, 16, 24, 32, 40, 48, 56, 64]},
+}
+
+
+def test_a_resumed_search_proposes_no_config_it_already_evaluated(tmp_path: Path) -> None:
+    # Over budget everywhere (nothing is trained), and inside TPE's random start-up phase throughout.
+    settings = tiny_settings(budget_ms=1e-6, space=WIDE_SPACE)
+    search(settings, tmp_path / "run", trials=4, executor="local", workers=1)
+    search(settings, tmp_path / "run", trials=8, executor="local", workers=1)
+    trials = _trials(tmp_path / "run")
+    keys = [t.user_attrs["config_key"] for t in trials]
+    assert len(trials) == 8 and len(set(keys)) == 8, keys
+    assert not any("duplicate_of" in t.user_attrs for t in trials)
 
 
 def test_a_second_search_on_the_same_run_is_refused(tmp_path: Path) -> None:

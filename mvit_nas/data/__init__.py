@@ -1,9 +1,13 @@
 """Proxy datasets: a seeded synthetic task (the default), CIFAR-10/100 and image folders.
 
-This package turns a ``--dataset`` value into a train and a held-out split of
-``(image, label)`` items. :mod:`~mvit_nas.data.datasets` parses the value and
-reads the real datasets from local paths (nothing is downloaded);
-:mod:`~mvit_nas.data.synthetic` generates and caches the synthetic task.
+This package turns a ``--dataset`` value into a train, a validation and (real
+datasets) a test split of ``(image, label)`` items, each one uint8 tensor that
+pickles without a file path. :mod:`~mvit_nas.data.datasets` parses the value,
+checks the real datasets' local paths (nothing is downloaded) and holds the
+validation split out of train (the test split is never used for selection);
+:mod:`~mvit_nas.data.decoded` decodes a real dataset once per resolution and
+caches it on the node; :mod:`~mvit_nas.data.synthetic` generates and caches the
+synthetic task.
 
 Example::
 
@@ -18,12 +22,15 @@ from mvit_nas.data.datasets import (
     KINDS,
     MEAN,
     STD,
+    VAL_PERCENT,
     DatasetSpec,
     ProxyData,
     TensorImages,
+    held_out,
     load_dataset,
     parse_dataset_spec,
 )
+from mvit_nas.data.decoded import default_cache_dir
 from mvit_nas.data.synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_NATIVE,
@@ -42,10 +49,13 @@ __all__ = [
     "SYNTHETIC_NATIVE",
     "SYNTHETIC_TRAIN_SIZE",
     "SYNTHETIC_VAL_SIZE",
+    "VAL_PERCENT",
     "DatasetSpec",
     "ProxyData",
     "TensorImages",
+    "default_cache_dir",
     "generate_synthetic",
+    "held_out",
     "load_dataset",
     "parse_dataset_spec",
 ]

@@ -1,25 +1,43 @@
-"""Proxy datasets: what ``--dataset`` names, and loading it as a train and a held-out split.
+"""Proxy datasets: what ``--dataset`` names, and loading it as a train, a validation and a test split.
 
 Nothing is ever downloaded. ``synthetic`` is generated from a seed (see
 :mod:`mvit_nas.data.synthetic`); CIFAR-10/100 and image folders are read from a
-local path with torchvision's own readers, after the layout has been checked so
-that a wrong path fails at once with an :class:`InputError` naming ``--dataset``.
+local path, after the layout has been checked so that a wrong path fails at once
+with an :class:`InputError` naming ``--dataset``, and are decoded once per
+resolution into uint8 tensors kept in a node-local cache (see
+:mod:`mvit_nas.data.decoded`). Every split is a :class:`TensorImages`: no file
+path inside, so a loaded :class:`ProxyData` can be pickled to another node.
+
+Splits of the real datasets: ``val``, the split a search selects on, is held out
+from the TRAIN split: ``VAL_PERCENT`` of each class (at least one image, never a
+class's only image), drawn with the spec's seed (0 by default), and removed from
+``train``. The dataset's own held-out split (CIFAR's test batch, a folder's
+``val/``) is ``ProxyData.test``, for reporting only: it is never used for
+selection. ``train`` is augmented (random crop with ``R // 8`` zero padding and
+a horizontal flip, drawn from torch's global RNG); ``val`` and ``test`` are not.
+``synthetic`` has a generated ``train`` and ``val``, no ``test``, and no
+augmentation.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from torch.utils.data import Dataset
-from torchvision import transforms
-from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from mvit_nas.data.decoded import (
+    CIFAR_READERS,
+    Decoded,
+    UnreadableDataset,
+    cifar_files,
+    default_cache_dir,
+    load_cifar,
+    load_folder,
+)
 from mvit_nas.data.synthetic import (
     SYNTHETIC_CLASSES,
     SYNTHETIC_TRAIN_SIZE,
@@ -32,6 +50,8 @@ from mvit_nas.validate import InputError, check_int, first_line
 KINDS = ("synthetic", "cifar10", "cifar100", "folder")
 ALLOWED = "synthetic[:SEED], cifar10:PATH, cifar100:PATH or folder:PATH"
 FIELD = "--dataset"
+# The share of each class of a real dataset's train split held out as the validation split.
+VAL_PERCENT = 10
 
 # timm's ImageNet statistics: the same normalisation for every dataset keeps the
 # models' input scale independent of the dataset choice.
@@ -41,7 +61,10 @@ STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What ``--dataset`` names: a kind, a local path (real datasets) and a seed (synthetic)."""
+    """What ``--dataset`` names: a kind, a local path (real datasets) and a seed.
+
+    The seed draws the synthetic images, or which train images of a real dataset are held out for validation.
+    """
 
     kind: str
     path: str | None = None
@@ -50,20 +73,40 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ProxyData:
-    """A train split, a held-out split and the number of classes; items are ``(image, label)``."""
+    """A dataset's splits, its number of classes and its name; items are ``(image, label)``.
+
+    ``val`` is the split to select on; ``test`` is a real dataset's own held-out
+    split, for reporting only (None for ``synthetic``). Every split is a
+    :class:`TensorImages`.
+    """
 
     train: Dataset
     val: Dataset
     num_classes: int
     name: str
+    test: Dataset | None = None
 
 
 class TensorImages(Dataset):
-    """Images held as one uint8 tensor ``(N, 3, H, W)``; items come out normalised as float."""
+    """Images held as one uint8 tensor ``(N, 3, H, W)``; items come out normalised as float.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    With ``augment`` (train splits of real datasets) each item is first randomly
+    cropped from the image zero-padded by ``min(H, W) // 8`` on every side and
+    flipped left-right half the time, drawn from torch's global RNG (seeded by the
+    trainer, so a run stays deterministic).
+
+    Example:
+
+    >>> split = TensorImages(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), augment=True)
+    >>> image, label = split[1]
+    >>> image.shape, image.dtype, label
+    (torch.Size([3, 8, 8]), torch.float32, 1)
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False) -> None:
         self.images = images
         self.labels = labels
+        self.augment = augment
         self._mean = torch.tensor(MEAN).view(3, 1, 1)
         self._std = torch.tensor(STD).view(3, 1, 1)
 
@@ -71,8 +114,25 @@ class TensorImages(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.images[index].float().div_(255.0)
+        image = self.images[index]
+        if self.augment:
+            image = _crop_and_flip(image)
+        image = image.to(torch.float32, copy=True).div_(255.0)  # copy: never scale the stored images
         return (image - self._mean) / self._std, int(self.labels[index])
+
+
+def _crop_and_flip(image: torch.Tensor) -> torch.Tensor:
+    """A random crop of ``image`` (C, H, W) zero-padded by ``min(H, W) // 8``, flipped left-right half the time."""
+    height, width = image.shape[-2:]
+    pad = min(height, width) // 8
+    if pad:
+        top, left = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+        padded = image.new_zeros((image.shape[0], height + 2 * pad, width + 2 * pad))
+        padded[:, pad : pad + height, pad : pad + width] = image
+        image = padded[:, top : top + height, left : left + width]
+    if torch.rand(()) < 0.5:
+        image = image.flip(-1)
+    return image
 
 
 def parse_dataset_spec(text: str) -> DatasetSpec:
@@ -116,40 +176,29 @@ def load_dataset(
 ) -> ProxyData:
     """Load (or generate) ``spec`` with images at ``resolution`` x ``resolution``.
 
-    ``train_size`` / ``val_size`` apply to ``synthetic`` only (real datasets bring
-    their own splits: CIFAR's test batch, or the folder's ``val/``). ``cache_dir``
-    keeps the generated synthetic images across processes (every search worker
-    reads the same file instead of generating its own).
+    ``train_size`` / ``val_size`` apply to ``synthetic`` only (a real dataset's
+    validation split is ``VAL_PERCENT`` of its train split; its own held-out split
+    is ``test``). ``cache_dir`` keeps the generated synthetic images, or the
+    decoded real ones, across processes (every search worker on a node reads the
+    same file instead of making its own); real datasets use
+    :func:`~mvit_nas.data.decoded.default_cache_dir` when it is None.
 
     Example::
 
         data = load_dataset(parse_dataset_spec("folder:/data/flowers"), resolution=64)
-        data.num_classes, len(data.train), len(data.val)
+        data.num_classes, len(data.train), len(data.val), len(data.test)
     """
     if spec.kind == "synthetic":
         return _load_synthetic(spec.seed, resolution, cache_dir, train_size, val_size)
+    decoded_cache = cache_dir if cache_dir is not None else default_cache_dir()
     if spec.kind in ("cifar10", "cifar100"):
-        return _load_cifar(spec, resolution)
+        return _load_cifar(spec, resolution, decoded_cache)
     if spec.kind == "folder":
-        return _load_folder(spec, resolution)
+        return _load_folder(spec, resolution, decoded_cache)
     raise InputError(FIELD, f"unknown dataset kind {spec.kind!r}; use {ALLOWED}")
 
 
 # --- real datasets -----------------------------------------------------------------------
-
-
-class _LocalCIFAR10(CIFAR10):
-    # torchvision checks the MD5 of each official batch file; a checksum of None makes
-    # it check only that the file exists, so a user's re-packed copy or subset loads too.
-    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR10.test_list]
-    meta: ClassVar[dict] = {**CIFAR10.meta, "md5": None}
-
-
-class _LocalCIFAR100(CIFAR100):
-    train_list: ClassVar[list] = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list: ClassVar[list] = [[name, None] for name, _ in CIFAR100.test_list]
-    meta: ClassVar[dict] = {**CIFAR100.meta, "md5": None}
 
 
 def _existing_dir(spec: DatasetSpec) -> Path:
@@ -161,13 +210,13 @@ def _existing_dir(spec: DatasetSpec) -> Path:
     return path
 
 
-def _load_cifar(spec: DatasetSpec, resolution: int) -> ProxyData:
-    reader = _LocalCIFAR10 if spec.kind == "cifar10" else _LocalCIFAR100
+def _load_cifar(spec: DatasetSpec, resolution: int, cache_dir: Path | None) -> ProxyData:
+    reader = CIFAR_READERS[spec.kind]
     path = _existing_dir(spec)
     # Accept the batches folder itself or the folder that holds it (torchvision's root).
     root = path.parent if path.name == reader.base_folder else path
     batches = root / reader.base_folder
-    needed = [name for name, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
+    needed = cifar_files(spec.kind)
     missing = [name for name in needed if not (batches / name).is_file()]
     if missing:
         raise InputError(
@@ -175,22 +224,11 @@ def _load_cifar(spec: DatasetSpec, resolution: int) -> ProxyData:
             f"{str(path)!r} is not a {spec.kind} folder: expected {reader.base_folder}/ with "
             f"{', '.join(needed)} (torchvision's python format); missing {', '.join(missing)}",
         )
-    train_tf = transforms.Compose(
-        [
-            transforms.Resize(resolution),
-            transforms.RandomCrop(resolution, padding=resolution // 8),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    val_tf = transforms.Compose([transforms.Resize(resolution), transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     try:
-        train = reader(str(root), train=True, transform=train_tf, download=False)
-        val = reader(str(root), train=False, transform=val_tf, download=False)
-    except (OSError, ValueError, TypeError, KeyError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
-        raise InputError(FIELD, f"cannot read {spec.kind} batches in {str(batches)!r}: {first_line(error)}") from None
-    return ProxyData(train, val, len(train.classes), f"{spec.kind}:{root}")
+        decoded = load_cifar(spec.kind, root, resolution, cache_dir)
+    except UnreadableDataset as error:
+        raise InputError(FIELD, first_line(error)) from None
+    return _split(decoded, spec.seed, f"{spec.kind}:{root}")
 
 
 def _class_dirs(split: Path) -> list[str]:
@@ -201,7 +239,7 @@ def _class_dirs(split: Path) -> list[str]:
     return classes
 
 
-def _load_folder(spec: DatasetSpec, resolution: int) -> ProxyData:
+def _load_folder(spec: DatasetSpec, resolution: int, cache_dir: Path | None) -> ProxyData:
     path = _existing_dir(spec)
     layout = "PATH/train/<class>/<image> and PATH/val/<class>/<image>"
     splits = {}
@@ -214,25 +252,48 @@ def _load_folder(spec: DatasetSpec, resolution: int) -> ProxyData:
     if splits["train"] != splits["val"]:
         only = sorted(set(splits["train"]) ^ set(splits["val"]))
         raise InputError(FIELD, f"train/ and val/ of {str(path)!r} must hold the same class folders; differ in {only}")
-    train_tf = transforms.Compose(
-        [
-            transforms.RandomResizedCrop(resolution),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    val_tf = transforms.Compose(
-        [
-            transforms.Resize(resolution),
-            transforms.CenterCrop(resolution),
-            transforms.ToTensor(),
-            transforms.Normalize(MEAN, STD),
-        ]
-    )
-    train = ImageFolder(str(path / "train"), transform=train_tf)
-    val = ImageFolder(str(path / "val"), transform=val_tf)
-    return ProxyData(train, val, len(train.classes), f"folder:{path}")
+    try:
+        decoded = load_folder(path, resolution, cache_dir)
+    except UnreadableDataset as error:
+        raise InputError(FIELD, first_line(error)) from None
+    return _split(decoded, spec.seed, f"folder:{path}")
+
+
+def held_out(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Sorted indices of the validation split: ``VAL_PERCENT`` of each class, drawn with ``seed``.
+
+    At least one image of each class, but never a class's only image (it stays in train).
+
+    Example:
+
+    >>> held_out(torch.tensor([0] * 20 + [1] * 3 + [2]), seed=0).tolist()
+    [4, 5, 20]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label in torch.unique(labels).tolist():
+        members = (labels == label).nonzero().flatten()
+        count = min(len(members) - 1, max(1, len(members) * VAL_PERCENT // 100))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.int64)
+
+
+def _split(decoded: Decoded, seed: int, name: str) -> ProxyData:
+    """Train (augmented) and validation (held out from train) splits, and the dataset's own split as test."""
+    val_index = held_out(decoded.train_labels, seed)
+    if not len(val_index):
+        raise InputError(
+            FIELD,
+            f"{name}: every class of the train split has a single image; holding out a validation split "
+            "from train needs at least 2 images in a class",
+        )
+    keep = torch.ones(len(decoded.train_labels), dtype=torch.bool)
+    keep[val_index] = False
+    # Indexing with tensors copies: each split owns its images (and pickles only those).
+    train = TensorImages(decoded.train_images[keep], decoded.train_labels[keep], augment=True)
+    val = TensorImages(decoded.train_images[val_index], decoded.train_labels[val_index])
+    test = TensorImages(decoded.test_images, decoded.test_labels)
+    return ProxyData(train, val, len(decoded.classes), name, test=test)
 
 
 def _load_synthetic(seed: int, resolution: int, cache_dir: Path | None, train_size: int, val_size: int) -> ProxyData:

@@ -22,7 +22,7 @@ Example::
 """
 
 from mvit_nas.latency.backends import Prepared, prepare
-from mvit_nas.latency.lock import DeviceLock
+from mvit_nas.latency.lock import DeviceLock, device_key, device_lock
 from mvit_nas.latency.onnx import IMAGE_CHANNELS, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, ort_session
 from mvit_nas.latency.spec import (
     BACKENDS,
@@ -35,6 +35,8 @@ from mvit_nas.latency.spec import (
     LatencyStats,
     available_threads,
     check_available,
+    cpu_name,
+    hardware_name,
     resolve_spec,
 )
 from mvit_nas.latency.timing import (
@@ -69,7 +71,11 @@ __all__ = [
     "Prepared",
     "available_threads",
     "check_available",
+    "cpu_name",
+    "device_key",
+    "device_lock",
     "export_onnx",
+    "hardware_name",
     "measure",
     "measure_config",
     "ort_session",

@@ -1,9 +1,16 @@
-"""Device exclusivity across processes: :class:`DeviceLock` keeps training off a device while latency is measured."""
+"""Device exclusivity across processes: :class:`DeviceLock` keeps training off a device while latency is measured.
+
+One lock per physical device per machine (:func:`device_lock`), in a node-local
+folder: every trial on this machine that trains or measures on that device uses
+it, whatever run it belongs to; other machines and other devices (another GPU,
+the CPU beside a GPU) have locks of their own.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,3 +75,30 @@ class DeviceLock:
             yield
         finally:
             os.close(main)
+
+
+def lock_dir() -> Path:
+    """This machine's folder of device locks (node-local: the temporary folder, per user)."""
+    return Path(tempfile.gettempdir()) / f"mvit-nas-{os.getuid()}" / "locks"
+
+
+def device_key(device: str) -> str:
+    """A name for the physical device ``device`` ("cpu", "cuda", "cuda:N") runs on, stable across processes.
+
+    A CUDA device is named by its UUID: under Ray each task sees its GPUs renumbered from 0
+    (``CUDA_VISIBLE_DEVICES``), so the index alone would give two GPUs one lock.
+
+    >>> device_key("cpu")
+    'cpu'
+    """
+    if not device.startswith("cuda"):
+        return "cpu"
+    import torch
+
+    index = int(device.partition(":")[2] or torch.cuda.current_device())
+    return f"cuda-{torch.cuda.get_device_properties(index).uuid}"
+
+
+def device_lock(device: str) -> DeviceLock:
+    """The lock of the physical device ``device`` on this machine."""
+    return DeviceLock(lock_dir() / f"{device_key(device)}.lock")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -146,6 +148,30 @@ def available_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def cpu_name() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_name(device: str) -> str:
+    """The physical device ``device`` names in this process, e.g. ``"cpu: AMD EPYC 7B13"``.
+
+    >>> hardware_name("cpu").startswith("cpu: ")
+    True
+    """
+    if not device.startswith("cuda"):
+        return f"cpu: {cpu_name()}"
+    index = int(device.partition(":")[2] or torch.cuda.current_device())
+    properties = torch.cuda.get_device_properties(index)
+    return f"cuda: {properties.name} ({properties.uuid})"
+
+
 def check_available(spec: LatencySpec) -> None:
     """Raise :class:`InputError` if this machine cannot run ``spec`` (a spec read back from a record may not)."""
     if spec.device == "cuda" and not torch.cuda.is_available():
@@ -173,9 +199,14 @@ def resolve_spec(
     width: int | None = None,
     dtype: str = "float32",
     threads: int | None = None,
+    *,
+    here: bool = True,
     **timing: Any,
 ) -> LatencySpec:
     """Turn user choices (``auto`` allowed) into a checked :class:`LatencySpec` for this machine.
+
+    With ``here=False`` the spec is for other machines (a Ray cluster's workers): whether
+    this one could run it is not checked.
 
     ``device="auto"`` is ``cuda`` when available, else ``cpu``; ``backend="auto"`` is
     ``onnxruntime`` on CPU and ``cudagraph`` on CUDA; ``width`` defaults to ``height``;
@@ -202,5 +233,6 @@ def resolve_spec(
         threads=available_threads() if threads is None else threads,
         **timing,
     )
-    check_available(spec)
+    if here:
+        check_available(spec)
     return spec

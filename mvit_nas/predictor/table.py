@@ -29,7 +29,7 @@ import torch
 
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig, Block
-from mvit_nas.latency import LatencySpec
+from mvit_nas.latency import LatencySpec, cpu_name
 from mvit_nas.predictor.features import FEATURES, KINDS, block_features, decompose
 from mvit_nas.predictor.fit import Correction
 from mvit_nas.validate import InputError
@@ -78,18 +78,10 @@ def machine_info() -> dict[str, Any]:
     """The machine a table was measured on (a table predicts for that machine only)."""
     import onnxruntime
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "hostname": platform.node(),
         "platform": platform.platform(),
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},

@@ -35,7 +35,7 @@ _LATENCY_COLUMNS = [f"latency_{stat}_ms" for stat in LATENCY_STATS] + ["latency_
 _COLUMNS = [
     *("number", "state", "seed", "config_key", "config", "params", "flops"),
     *_LATENCY_COLUMNS,
-    *(CONSTRAINT, "accuracy", "feasible", "duration_s", "failure"),
+    *(CONSTRAINT, "accuracy", "feasible", "duration_s", "failure", "node", "hardware"),
     *("duplicate_of", "retry_of", "datetime_start", "datetime_complete"),
 ]
 
@@ -109,6 +109,8 @@ def _trial_row(trial: FrozenTrial, record: TrialRecord) -> dict[str, Any]:
         "feasible": feasible,
         "duration_s": record.duration_s,
         "failure": record.failure,
+        "node": record.node,  # the machine (Ray node) that evaluated the trial
+        "hardware": record.hardware,  # the device it measured and trained on
         "duplicate_of": record.duplicate_of,
         "retry_of": record.retry_of,
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
