@@ -48,7 +48,8 @@ LOCK_FILE = ".search.lock"
 LATENCY_TABLE_FILE = "latency_table.json"  # the predictor a run uses, copied in at its start
 FRONT_LATENCY_FILE = "front_latency.json"  # a predicted-latency run's front, measured at the end
 DATA_DIR = "data"  # the generated dataset's cache
-WEIGHTS_DIR = "weights"  # proxy-trained weights: weights/trial_0007.pt
+WEIGHTS_DIR = "weights"  # proxy-trained weights weights/trial_0007.pt, verified ones weights/trial_0007.verified.pt
+VERIFY_FILE = "verify.json"  # the verification stage's results, one entry per (trial, training seed)
 # Study rows, the generated dataset's cache (~160 MiB at 64 px) and the exports
 # (an ONNX file and a state dict per front point) fit well inside this.
 MIN_FREE_MIB = 256
@@ -61,6 +62,11 @@ INTERRUPTED = "interrupted"  # the failure reason of a trial a killed driver lef
 def trial_stem(number: int) -> str:
     """File stem of a trial's files (``trial_0007``): weights, configs, ONNX and timm exports."""
     return f"trial_{number:04d}"
+
+
+def weights_path(run_dir: Path, number: int, verified: bool = False) -> Path:
+    """Where trial ``number``'s trained weights live: proxy-trained, or from the verification stage."""
+    return Path(run_dir) / WEIGHTS_DIR / f"{trial_stem(number)}{'.verified' if verified else ''}.pt"
 
 
 def config_key(cfg: ArchConfig) -> str:

@@ -115,12 +115,13 @@ python -c "$DRIVER" "$HIDDEN/run" 127.0.0.1:6379
 """
 
 _DRIVER = """
-import sys
+import sys, time
 sys.path.insert(0, "tests")
 from helpers import tiny_settings
 from mvit_nas.search import search
+started = time.perf_counter()
 outcome = search(tiny_settings(), sys.argv[1], trials=4, workers=2, address=sys.argv[2])
-print("finished", outcome.finished)
+print("finished", outcome.finished, "in", round(time.perf_counter() - started, 1), "s")
 """
 
 
@@ -151,6 +152,7 @@ def test_a_two_node_cluster_whose_worker_cannot_see_the_run_folder_completes_the
         os.killpg(cluster.pid, signal.SIGKILL)
         cluster.wait(timeout=60)
     text = output.decode(errors="replace")
+    print(text)  # the driver's report, wall time included (shown with pytest -rP)
     notes = "".join(f"\n--- {path.name}\n{path.read_text()[-2000:]}" for path in sorted(logs.iterdir()))
     assert cluster.returncode == 0 and "finished 4" in text, text[-4000:] + notes
     assert " node_" in (logs / "status.log").read_text()
