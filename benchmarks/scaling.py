@@ -46,9 +46,10 @@ import pandas as pd
 
 from benchmarks._common import write_result
 from mvit_nas.data import load_dataset
+from mvit_nas.evaluation import evaluate
 from mvit_nas.executors import RayExecutor
 from mvit_nas.run import TrialRecord
-from mvit_nas.search import SearchProgress, evaluate, search
+from mvit_nas.search import SearchProgress, search
 from mvit_nas.settings import SearchSettings
 
 GOAL_OVERHEAD = 0.05

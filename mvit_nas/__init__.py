@@ -4,7 +4,8 @@ The public API, one entry point per stage of the data flow: architecture records
 (:class:`ArchConfig`, :func:`preset`, :func:`layout`), the model
 (:func:`build_model`), its cost (:func:`count_cost`), its latency
 (:func:`measure`, :func:`profile`), the search (:func:`search`,
-:func:`run_search`) and the exports (:func:`export_run`).
+:func:`run_search`), its verification (:func:`verify_run`) and the exports
+(:func:`export_run`).
 
 Example:
 
@@ -33,6 +34,7 @@ from mvit_nas.search import search
 from mvit_nas.settings import RunOptions, SearchSettings
 from mvit_nas.space import SearchSpace, load_space
 from mvit_nas.validate import InputError
+from mvit_nas.verify import verify_run
 
 __all__ = [
     "ArchConfig",
@@ -61,4 +63,5 @@ __all__ = [
     "run_search",
     "search",
     "to_timm",
+    "verify_run",
 ]

@@ -17,6 +17,7 @@ from mvit_nas.proxy import KINDS as PROXIES
 from mvit_nas.proxy import ProxySpec
 from mvit_nas.settings import DEFAULT_TRIALS, DEFAULT_WORKERS, LATENCY_SOURCES, SAMPLERS, RunOptions, SearchSettings
 from mvit_nas.validate import InputError
+from mvit_nas.verify import EPOCHS_FACTOR, verify_run
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -28,6 +29,7 @@ def _defaults(function_or_record: Any) -> dict[str, Any]:
 
 
 _SEARCH, _PROXY, _TRAIN, _RUN = (_defaults(f) for f in (SearchSettings, ProxySpec, train_run, RunOptions))
+_VERIFY = _defaults(verify_run)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -119,31 +121,33 @@ def _cmd_profile(args: argparse.Namespace) -> None:
     Console().print(table)
 
 
-class _ProgressBar:
-    """A rich progress bar: trials finished, how many fit the budget, the current front size."""
+class _Progress:
+    """On a terminal, a rich progress bar; otherwise (a log file, nohup, CI) one line per finished trial."""
 
     def __init__(self, total: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self._progress = Progress(
-            TextColumn("search"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-        )
-        self._task = self._progress.add_task("search", total=total, status="starting")
+        self._bar = None
+        if sys.stdout.isatty():
+            columns = (TextColumn("search"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"))
+            self._bar = Progress(*columns, TimeElapsedColumn())
+            self._task = self._bar.add_task("search", total=total, status="starting")
 
-    def __enter__(self) -> _ProgressBar:
-        self._progress.start()
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._bar is not None:
+            self._bar.stop()
 
     def update(self, progress: Any) -> None:
+        if self._bar is None:
+            print(progress.line(), flush=True)
+            return
         status = f"feasible {progress.feasible}  front {progress.front}"
-        self._progress.update(self._task, completed=progress.finished, status=status)
+        self._bar.update(self._task, completed=progress.finished, status=status)
 
 
 def _cmd_latency_table_build(args: argparse.Namespace) -> None:
@@ -182,9 +186,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         address=args.address,
         trial_timeout=args.trial_timeout,
         gpus_per_trial=args.gpus_per_trial,
+        verify_epochs=args.verify_epochs,
     )
-    with _ProgressBar(total=args.trials) as bar:
-        result = run_search(settings, args.run_dir, options, progress=bar.update)
+    with _Progress(total=args.trials) as bar:
+        result = run_search(settings, args.run_dir, options, progress=bar.update, verify_progress=_print_line)
     if result.export is None:
         print(
             f"stopped after {result.outcome.finished} finished trials; rerun the same command to resume",
@@ -198,14 +203,40 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
     front = f"Pareto front: {result.export.front_size} points within {args.budget_ms:g} ms"
     print(f"{result.outcome.finished} trials in {result.run_dir}; {front}")
+    if result.verification is not None:
+        tau = result.verification.kendall_tau
+        shown = "n/a" if tau is None else f"{tau:.2f}"
+        print(f"verification: Kendall tau {shown} (proxy vs verified) over {len(result.verification.models)} models")
     print(f"see {result.run_dir / 'summary.md'} and {result.run_dir / 'pareto.png'}")
     return EXIT_OK
+
+
+def _print_line(progress: Any) -> None:
+    print(progress.line(), flush=True)
+
+
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from mvit_nas.report.summary import verify_section
+
+    report = verify_run(
+        args.run_dir,
+        args.epochs,
+        top=args.top,
+        seeds=args.seeds,
+        workers=args.workers,
+        address=args.address,
+        gpus_per_trial=args.gpus_per_trial,
+        progress=_print_line,
+    )
+    print("\n".join(verify_section(report)))
+    print(f"(summary.md gets this section at the next `mvit-nas export --run-dir {args.run_dir}`)")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from mvit_nas.report import export_run
 
-    result = export_run(args.run_dir, out_dir=args.out, formats=tuple(args.format or ("yaml",)))
+    formats = tuple(args.format or ("yaml",))
+    result = export_run(args.run_dir, out_dir=args.out, formats=formats, untrained=args.untrained)
     for path in result.paths:
         print(path)
 
@@ -268,7 +299,44 @@ def _add_search_parser(commands: Any) -> None:
         default=_RUN["gpus_per_trial"],
         help=f"on --device cuda, a trial's share of a GPU; 0.5 runs two per GPU (default: {_RUN['gpus_per_trial']:g})",
     )
+    search.add_argument(
+        "--verify-epochs",
+        type=float,
+        default=_RUN["verify_epochs"],
+        help="after the search, train the front and the fitted seeds this many epochs (see `mvit-nas verify`)",
+    )
     search.set_defaults(run=_cmd_search)
+
+
+def _add_verify_parser(commands: Any) -> None:
+    verify = commands.add_parser(
+        "verify", help="train the front and the fitted seeds longer, to check the proxy's ranking (resumable)"
+    )
+    verify.add_argument("--run-dir", required=True, help="a search's run folder")
+    verify.add_argument(
+        "--epochs",
+        type=float,
+        default=_VERIFY["epochs"],
+        help=f"training epochs (default: {EPOCHS_FACTOR}x the run's proxy epochs)",
+    )
+    verify.add_argument("--top", type=_positive_int, help="only the front points with the best proxy accuracy")
+    verify.add_argument(
+        "--seeds", type=_positive_int, default=_VERIFY["seeds"], help=f"training seeds (default: {_VERIFY['seeds']})"
+    )
+    verify.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=_VERIFY["workers"],
+        help=f"concurrent jobs (default: {_VERIFY['workers']})",
+    )
+    verify.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
+    verify.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=_VERIFY["gpus_per_trial"],
+        help=f"on --device cuda runs, a job's share of a GPU (default: {_VERIFY['gpus_per_trial']:g})",
+    )
+    verify.set_defaults(run=_cmd_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(run=_cmd_latency_table_build)
 
     _add_search_parser(commands)
+    _add_verify_parser(commands)
 
     export = commands.add_parser("export", help="write the run's tables, plot, summary and front configs/models")
     export.add_argument("--run-dir", required=True)
@@ -310,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", action="append", default=None, help="yaml | json | onnx | timm (repeatable; default: yaml)"
     )
     export.add_argument("--out", help="output folder (default: the run folder)")
+    export.add_argument(
+        "--untrained",
+        action="store_true",
+        help="export front models that have no trained weights freshly initialised (labelled so) instead of failing",
+    )
     export.set_defaults(run=_cmd_export)
 
     train = commands.add_parser("train", help="train one config (e.g. a front point) for as long as you like")

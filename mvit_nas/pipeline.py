@@ -1,6 +1,7 @@
 """The pipelines behind the CLI commands that chain stages: search then front then exports; a config's training.
 
-``run_search``: the search, the front measured (predicted-latency runs), the exports.
+``run_search``: the search, the front measured (predicted-latency runs), the verification
+(``RunOptions.verify_epochs``), the exports.
 ``train_run``: a config file trained on a dataset, from optional initial weights.
 
 Example::
@@ -28,7 +29,8 @@ from mvit_nas.report import ExportResult, export_run, front
 from mvit_nas.run import TrialRecord
 from mvit_nas.search import SearchOutcome, SearchProgress, search
 from mvit_nas.settings import RunOptions, SearchSettings
-from mvit_nas.validate import check_int
+from mvit_nas.validate import InputError, check_int
+from mvit_nas.verify import VerifyProgress, VerifyReport, verify_run
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class SearchRun:
     outcome: SearchOutcome
     front_latency: tuple[FrontLatency, ...]
     export: ExportResult | None  # None when the search was interrupted
+    verification: VerifyReport | None = None  # None unless RunOptions.verify_epochs asked for it
 
 
 def default_run_dir(settings: SearchSettings) -> Path:
@@ -85,11 +88,14 @@ def run_search(
     run_dir: str | Path | None = None,
     options: RunOptions | None = None,
     progress: Callable[[SearchProgress], None] | None = None,
+    verify_progress: Callable[[VerifyProgress], None] | None = None,
 ) -> SearchRun:
-    """Search (or resume), then measure a predicted front, then export tables, plot, summary and configs.
+    """Search (or resume), then measure a predicted front, then verify (``options.verify_epochs``), then export
+    tables, plot, summary and configs.
 
     ``run_dir`` defaults to :func:`default_run_dir`. An interrupted search (Ctrl-C)
-    returns at once with ``export=None``; the same call resumes it.
+    returns at once with ``export=None``; the same call resumes it (the search, then the
+    verification's unfinished jobs).
     """
     run_dir = default_run_dir(settings) if run_dir is None else Path(run_dir)
     options = options or RunOptions()
@@ -98,7 +104,22 @@ def run_search(
     if outcome.interrupted:
         return SearchRun(run_dir, outcome, (), None)
     measured = measure_front(run_dir) if settings.latency_source == "predicted" else []
-    return SearchRun(run_dir, outcome, tuple(measured), export_run(run_dir))
+    verification = None
+    if options.verify_epochs is not None:  # before the export, so that summary.md includes it
+        executor = {"workers": options.workers, "address": options.address, "executor": options.executor}
+        try:
+            verification = verify_run(
+                run_dir,
+                options.verify_epochs,
+                gpus_per_trial=options.gpus_per_trial,
+                progress=verify_progress,
+                **executor,
+            )
+        except InputError as error:  # verify's --epochs is the search's --verify-epochs
+            if error.field != "--epochs":
+                raise
+            raise InputError("--verify-epochs", error.problem) from None
+    return SearchRun(run_dir, outcome, tuple(measured), export_run(run_dir), verification)
 
 
 def train_run(

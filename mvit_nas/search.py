@@ -1,16 +1,19 @@
 """The search: an Optuna study over a space, evaluations on workers, under a latency budget.
 
 Optuna is the single source of truth. The study lives in the run folder
-(:mod:`mvit_nas.run`), the seeds xxs/xs/s are enqueued as trials 0-2, the budget
+(:mod:`mvit_nas.run`), the seeds xxs/xs/s are enqueued as trials 0-2 and their
+budget-fitted variants (:mod:`mvit_nas.seeds`) right after them, the budget
 is a constraint (``Trial.set_constraint``), and the front is
 :func:`mvit_nas.report.front`. A small driver loop asks Optuna for trials and
 runs the evaluations on an executor (Ray tasks by default; Ray Tune's own
 experiment state would be a second source of truth to reconcile on resume, and
 its ``OptunaSearch`` cannot pass constraints either).
 
-One evaluation (:func:`evaluate`): closed-form cost; latency, measured with the
-device to itself (an exclusive :class:`~mvit_nas.latency.DeviceLock` that training
-steps share); then the accuracy proxy, only when the latency fits the budget.
+One evaluation (:func:`mvit_nas.evaluation.evaluate`, on a worker): closed-form cost;
+latency, measured with the device to itself; then the accuracy proxy, only when the
+latency fits the budget. The worker returns the proxy-trained weights with the record
+(:class:`~mvit_nas.evaluation.Evaluation`); the driver saves them
+(``weights/trial_0007.pt``) before it tells the study.
 
 Example::
 
@@ -30,98 +33,40 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from mvit_nas import run as run_folder
+from mvit_nas.atomic import atomic_path
 from mvit_nas.config import PRESETS, ArchConfig, preset
-from mvit_nas.cost import count_cost
 from mvit_nas.data import ProxyData, load_dataset
-from mvit_nas.executors import Executor, LocalExecutor, RayExecutor, Shared, node_name
-from mvit_nas.faults import inject_fault
-from mvit_nas.latency import LatencyStats, check_available, device_lock, hardware_name, measure_config
-from mvit_nas.proxy import TrialFailed, evaluate_proxy
+from mvit_nas.evaluation import Evaluation, WorkerInputs, describe_failure, evaluate
+from mvit_nas.executors import Executor, LocalExecutor, RayExecutor, Shared
 from mvit_nas.report import front
 from mvit_nas.run import INTERRUPTED, TrialRecord, config_key, is_finished
+from mvit_nas.seeds import FittedSeed, fitted_seeds
 from mvit_nas.settings import DEFAULT_TRIALS, SAMPLERS, RunOptions, SearchSettings
 from mvit_nas.space import SearchSpace
-from mvit_nas.validate import first_line, writable_folder
+from mvit_nas.validate import writable_folder
 
 if TYPE_CHECKING:
     from mvit_nas.predictor import LatencyTable
 
-__all__ = ["SAMPLERS", "SearchOutcome", "SearchProgress", "evaluate", "search"]
-
-
-# --- one evaluation (runs on a Ray worker, or in-process) ---------------------------
-
-
-@dataclass(frozen=True)
-class WorkerInputs:
-    """What every evaluation needs besides its config, sent once to the workers (never read from the run folder)."""
-
-    data: ProxyData
-    table: LatencyTable | None  # the latency predictor, when the run predicts latency
-
-
-def _latency(cfg: ArchConfig, settings: SearchSettings, inputs: WorkerInputs) -> LatencyStats:
-    spec = dataclasses.replace(settings.latency, height=cfg.resolution, width=cfg.resolution)
-    if inputs.table is not None:
-        ms = inputs.table.predict(cfg)
-        return LatencyStats(ms, ms, ms, ms, n=0, spec=spec, peak_memory_mb=None, predicted=True)
-    check_available(spec)  # on this worker: the driver may run on a machine without the device
-    # Export and session set-up hold the device too: on a CPU they would slow another worker's timing.
-    with device_lock(spec.device).exclusive():
-        return measure_config(cfg, spec)
-
-
-def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, shared: Shared) -> TrialRecord:
-    """Evaluate one architecture: cost, latency, then (if within budget) the accuracy proxy.
-
-    Returns the evaluation fields of a :class:`~mvit_nas.run.TrialRecord`, with the
-    machine and device that ran it. ``shared`` holds the :class:`WorkerInputs`. A proxy
-    failure (divergence, out of memory) is returned as ``failure``; any other
-    exception propagates and the driver records it.
-    """
-    started = time.perf_counter()
-    inputs: WorkerInputs = shared.get()
-    proxy_spec = inject_fault(trial_number, settings.proxy)
-    cost = count_cost(cfg)
-    latency = _latency(cfg, settings, inputs)
-    record = TrialRecord(params=cost.params, flops=cost.flops, latency=latency, node=node_name())
-    record = dataclasses.replace(
-        record, feasible=latency.median_ms <= settings.budget_ms, hardware=hardware_name(settings.latency.device)
-    )
-    if record.feasible:
-        try:
-            proxy = evaluate_proxy(cfg, proxy_spec, inputs.data, step_guard=device_lock(proxy_spec.device).shared)
-            record = dataclasses.replace(record, accuracy=proxy.score, proxy_seconds=proxy.seconds)
-        except TrialFailed as error:
-            record = dataclasses.replace(record, failure=error.reason)
-        except (MemoryError, RuntimeError) as error:
-            if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
-                raise
-            record = dataclasses.replace(record, failure=f"out of memory: {first_line(error, 300)}")
-    return dataclasses.replace(record, duration_s=time.perf_counter() - started)
-
-
-def _describe(error: BaseException) -> str:
-    name = type(error).__name__
-    if "OutOfMemory" in name or isinstance(error, MemoryError):
-        return f"out of memory: {first_line(error)}"
-    if "WorkerCrashed" in name or "WorkerDied" in name:
-        return "worker died: the process running the trial was killed (retried once)"
-    message = first_line(error) if str(error).strip() else ""
-    return f"error: {name}: {message}"[:500]
+__all__ = ["SAMPLERS", "Evaluation", "SearchOutcome", "SearchProgress", "evaluate", "make_executor", "search"]
 
 
 # --- the study's bookkeeping -----------------------------------------------------------
 
 
-def _enqueue_seeds(study: optuna.Study, space: SearchSpace) -> None:
-    """A new run starts with the published models that are points of its space (a custom space may leave some out)."""
+def _enqueue_seeds(study: optuna.Study, space: SearchSpace, fitted: list[FittedSeed]) -> None:
+    """A new run starts with the published models that are points of its space (a custom space may leave some out),
+    then their budget-fitted variants: the 256 px seeds keep trial numbers 0-2 whatever the budget."""
     for name in PRESETS:
         if space.contains(preset(name)):
             study.enqueue_trial(space.params_of(preset(name)), user_attrs=TrialRecord(seed=name).user_attrs())
+    for seed in fitted:
+        if not seed.published:  # a published model that fits as it is was queued above
+            study.enqueue_trial(seed.params, user_attrs=TrialRecord(seed=seed.name).user_attrs())
 
 
 def _requeue_interrupted(study: optuna.Study) -> int:
@@ -161,18 +106,39 @@ def _tell(study: optuna.Study, trial: optuna.Trial, record: TrialRecord, budget_
 
 @dataclass(frozen=True)
 class SearchProgress:
-    """Where a search stands, after each finished trial: finished trials, how many fit the budget, front size."""
+    """Where a search stands after a trial finished: that trial, finished trials, how many fit the budget, front size.
+
+    >>> done = SearchProgress(7, 3, 2, trial=6, record=TrialRecord(failure="diverged: loss is nan at step 3"))
+    >>> done.line()
+    'trial 6: failed (diverged: loss is nan at step 3); 7 finished, 3 within budget, front 2'
+    """
 
     finished: int
     feasible: int
     front: int
+    trial: int | None = None
+    record: TrialRecord | None = None
 
     @classmethod
-    def of(cls, study: optuna.Study) -> SearchProgress:
+    def of(cls, study: optuna.Study, trial: int | None = None, record: TrialRecord | None = None) -> SearchProgress:
         trials = study.get_trials(deepcopy=False)
         records = [TrialRecord.of(t) for t in trials]
         feasible = sum(bool(r.feasible) and not r.failure for r in records)
-        return cls(sum(is_finished(t) for t in trials), feasible, len(front(study)))
+        return cls(sum(is_finished(t) for t in trials), feasible, len(front(study)), trial, record)
+
+    def line(self) -> str:
+        """One line for a log: the trial that just finished and where the search stands."""
+        record = self.record or TrialRecord()
+        if record.failure:
+            outcome = f"failed ({record.failure})"
+        elif record.latency is None:
+            outcome = "finished"
+        else:
+            outcome = f"{record.latency.median_ms:.2f} ms, " + (
+                "over budget" if not record.feasible else f"within budget, accuracy {record.accuracy or 0:.4f}"
+            )
+        where = f"{self.finished} finished, {self.feasible} within budget, front {self.front}"
+        return f"trial {self.trial}: {outcome}; {where}"
 
 
 @dataclass
@@ -264,11 +230,11 @@ class _Driver:
         for handle in self.pool.wait(list(self.in_flight), timeout=1.0):
             trial, key, _ = self.in_flight.pop(handle)
             try:
-                record = self.pool.result(handle)
+                evaluation: Evaluation = self.pool.result(handle)
             except Exception as error:  # the trial's own failure: record it, the search goes on
-                self._failed(trial, key, _describe(error))
+                self._failed(trial, key, describe_failure(error))
             else:
-                self._finish(trial, key, record)
+                self._finish(trial, key, evaluation.record, evaluation.weights)
         if self.options.trial_timeout is not None:
             now = time.monotonic()
             for handle, (trial, key, submitted) in list(self.in_flight.items()):
@@ -280,10 +246,17 @@ class _Driver:
     def _started(self) -> int:
         return self.finished + len(self.in_flight) + sum(len(trials) for trials in self.waiting.values())
 
-    def _finish(self, trial: optuna.Trial, key: str, record: TrialRecord) -> None:
+    def _finish(
+        self, trial: optuna.Trial, key: str, record: TrialRecord, weights: dict[str, torch.Tensor] | None = None
+    ) -> None:
         record = dataclasses.replace(record, trial_number=trial.number)
+        if weights is not None and record.feasible and not record.failure:
+            # Saved before the study is told, so a told feasible trial always has its weights. A kill (or a
+            # full disk, which stops the search) in between leaves the trial RUNNING, run again on resume.
+            with atomic_path(run_folder.weights_path(self.run_dir, trial.number)) as tmp:
+                torch.save(weights, tmp)
         _tell(self.study, trial, record, self.settings.budget_ms)
-        self._count()
+        self._count(trial.number, record)
         if not record.failure:
             self.evaluated[key] = record
         for duplicate, cfg in self.waiting.pop(key, []):
@@ -293,8 +266,9 @@ class _Driver:
                 self._finish_duplicate(duplicate, key, record)
 
     def _failed(self, trial: optuna.Trial, key: str, reason: str) -> None:
-        _tell(self.study, trial, TrialRecord(failure=reason[:500]), self.settings.budget_ms)
-        self._count()
+        failed = TrialRecord(failure=reason[:500])
+        _tell(self.study, trial, failed, self.settings.budget_ms)
+        self._count(trial.number, failed)
         for duplicate, cfg in self.waiting.pop(key, []):
             self._submit(duplicate, key, cfg)
 
@@ -304,19 +278,20 @@ class _Driver:
         record = TrialRecord(**copied, duration_s=0.0, duplicate_of=original.trial_number)
         self._finish(trial, key, record)
 
-    def _count(self) -> None:
+    def _count(self, number: int, record: TrialRecord) -> None:
         self.finished += 1
         if self.progress:
-            self.progress(SearchProgress.of(self.study))
+            self.progress(SearchProgress.of(self.study, number, record))
 
 
-def make_executor(settings: SearchSettings, options: RunOptions) -> Executor:
-    """The executor ``options`` ask for; on ``cuda``, each Ray task asks for its share of a GPU."""
+def make_executor(settings: SearchSettings, options: RunOptions, function: Callable[..., Any] = evaluate) -> Executor:
+    """The executor ``options`` ask for, running ``function`` (a trial's :func:`evaluate`, or the
+    verification's training job); on ``cuda``, each Ray task asks for its share of a GPU."""
     if options.executor == "local":
-        return LocalExecutor(evaluate)
+        return LocalExecutor(function)
     gpus = options.gpus_per_trial if settings.latency.device == "cuda" else 0.0
     cpus = settings.proxy.threads
-    return RayExecutor(evaluate, options.workers, cpus, options.address, gpus_per_call=gpus)
+    return RayExecutor(function, options.workers, cpus, options.address, gpus_per_call=gpus)
 
 
 def _latency_table(settings: SearchSettings, run_dir: Path) -> LatencyTable | None:
@@ -346,7 +321,8 @@ def _prepare(settings: SearchSettings, run_dir: Path, data: ProxyData | None) ->
     # A resumed run's sampler is seeded anew, so that it does not re-propose what the run evaluated.
     study.sampler = settings.make_sampler(resumed_at=len(study.get_trials(deepcopy=False)))
     if not study.get_trials(deepcopy=False):
-        _enqueue_seeds(study, settings.search_space())
+        # Judged here, before any trial starts: a few short measurements, or the run's latency table.
+        _enqueue_seeds(study, settings.search_space(), fitted_seeds(settings, table, data.num_classes))
     _requeue_interrupted(study)
     return study, WorkerInputs(data, table)
 

@@ -128,6 +128,8 @@ class RunOptions:
     """How long and on what a search runs; unlike :class:`SearchSettings`, free to change on resume.
 
     ``trial_timeout`` counts from a trial's submission (a worker's start and Ray's retry included).
+    ``verify_epochs``: after the search, :func:`mvit_nas.verify.verify_run` trains the front and the
+    fitted seeds this many epochs (``run_search`` only; None: no verification).
     """
 
     trials: int = DEFAULT_TRIALS
@@ -137,6 +139,7 @@ class RunOptions:
     executor: str = "ray"
     trial_timeout: float | None = None
     gpus_per_trial: float = 1.0  # on --device cuda: each trial's share of a GPU (0.5: two trials per GPU)
+    verify_epochs: float | None = None
 
     def __post_init__(self) -> None:
         check_int("--trials", self.trials, 1)
@@ -145,6 +148,8 @@ class RunOptions:
         for flag, value in (("--timeout", self.timeout), ("--trial-timeout", self.trial_timeout)):
             if value is not None:
                 check_number(flag, value, 0.0, open_low=True, unit=" of seconds")
+        if self.verify_epochs is not None:
+            check_number("--verify-epochs", self.verify_epochs, 0.0, open_low=True)
         check_choice("executor", self.executor, EXECUTORS)
         if self.executor == "local" and self.trial_timeout is not None:
             raise InputError("--trial-timeout", "needs the Ray executor: in-process trials cannot be stopped")

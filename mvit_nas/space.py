@@ -89,7 +89,7 @@ class SearchSpace:
         choices is left for the sampler rather than rejected.
         """
         params = {}
-        for knob, value in _knob_values(cfg).items():
+        for knob, value in knob_values(cfg).items():
             if value in self.choices[knob]:
                 if knob in self.searched_knobs:
                     params[knob] = value
@@ -103,10 +103,11 @@ class SearchSpace:
 
     def contains(self, cfg: ArchConfig) -> bool:
         """Whether ``cfg``'s architecture is a point of this space (dropouts and classes aside)."""
-        return all(value in self.choices[knob] or knob in TRAINING_KNOBS for knob, value in _knob_values(cfg).items())
+        return all(value in self.choices[knob] or knob in TRAINING_KNOBS for knob, value in knob_values(cfg).items())
 
 
-def _knob_values(cfg: ArchConfig) -> dict[str, Any]:
+def knob_values(cfg: ArchConfig) -> dict[str, Any]:
+    """Every knob's value in ``cfg`` (dotted names, ``ffn_ratio`` for ``ffn_dim``), whether or not a space has it."""
     params: dict[str, Any] = {knob: getattr(cfg, knob) for knob in TOP_KNOBS}
     for stage in MV2_STAGES:
         for knob in MV2_KNOBS:

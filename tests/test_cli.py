@@ -258,3 +258,19 @@ def test_train_runs_on_the_threads_asked_and_reads_safetensors_init(
     status = main([*args, "--device", "cpu", "--threads", "2", "--init", str(weights), "--out", str(tmp_path / "o")])
     assert status == 0, capsys.readouterr().err
     assert "top-1 accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_search_into_a_log_prints_a_line_per_finished_trial(tmp_path: Path) -> None:
+    from helpers import TINY_SPACE
+
+    space = tmp_path / "tiny.yaml"
+    space.write_text(yaml.safe_dump(TINY_SPACE))
+    run_dir = tmp_path / "run"
+    args = [*SEARCH_BASE, "--budget-ms", "1000", "--space", str(space), "--epochs", "0.01", "--workers", "1"]
+    # stdout is a pipe here, as with nohup or a log file: no progress bar, a line per trial instead.
+    result = _run([*args, "--threads", "1", "--run-dir", str(run_dir)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("trial ")]
+    assert [line.split(":")[0] for line in lines] == ["trial 0", "trial 1"], result.stdout
+    assert all("ms, within budget, accuracy" in line and "front" in line for line in lines), lines

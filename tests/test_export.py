@@ -6,6 +6,9 @@ The study follows the schema the search writes (values [accuracy, latency], the
 ONNX Runtime take a fraction of a second, and with every kind of trial: seeds
 (one on the front, one dominated, one over budget), a dominated point, an
 over-budget point, a failed trial, an interrupted one and a duplicate.
+
+The weights files of this fabricated study stand for what the search writes;
+``tests/test_trained_exports.py`` exports weights a real search wrote.
 """
 
 from __future__ import annotations
@@ -28,8 +31,17 @@ from optuna.trial import TrialState
 
 from mvit_nas import ArchConfig, InputError, build_model, load_config, preset
 from mvit_nas.config import MobileViTStageConfig, MV2StageConfig
-from mvit_nas.report import ExportResult, export_run, front, hypervolume, seed_dominance, trials_frame
-from mvit_nas.run import SETTINGS_FILE, STORAGE_FILE, STUDY_NAME
+from mvit_nas.report import (
+    ExportResult,
+    export_run,
+    fitted_seed_trials,
+    front,
+    hypervolume,
+    seed_dominance,
+    trials_frame,
+)
+from mvit_nas.report.verification import VerifyRecord
+from mvit_nas.run import SETTINGS_FILE, STORAGE_FILE, STUDY_NAME, VERIFY_FILE, weights_path
 
 BUDGET_MS = 5.0
 NUM_CLASSES = 10
@@ -72,8 +84,8 @@ TRIALS: list[tuple[ArchConfig, str | None, TrialState, float | None, float | Non
     (_at_64("xs"), "xs", TrialState.COMPLETE, 0.45, 4.5, {}),  # 1: a seed dominated by trials 0 and 4
     (_at_64("s"), "s", TrialState.COMPLETE, None, 9.0, {}),  # 2: a seed over budget, never trained
     (_tiny(8), None, TrialState.COMPLETE, 0.30, 1.0, {}),  # 3: front, fastest
-    (_tiny(16), None, TrialState.COMPLETE, 0.50, 2.5, {}),  # 4: front, proxy-trained weights saved
-    (_tiny(24), None, TrialState.COMPLETE, 0.35, 2.8, {}),  # 5: feasible, dominated by 4
+    (_tiny(16), None, TrialState.COMPLETE, 0.50, 2.5, {}),  # 4: front, its weights checked bit for bit
+    (_tiny(24), None, TrialState.COMPLETE, 0.35, 2.8, {}),  # 5: feasible, dominated by 4: weights pruned
     (_tiny(32), None, TrialState.COMPLETE, None, 6.0, {}),  # 6: over budget
     (_tiny(40), None, TrialState.FAIL, None, 2.0, {"failure": "diverged: loss is nan"}),  # 7
     (_tiny(16), None, TrialState.COMPLETE, 0.50, 2.5, {"duplicate_of": 4, "duration_s": 0.0}),  # 8: duplicate
@@ -163,9 +175,22 @@ def _new_run(run_dir: Path, numbers: list[int]) -> optuna.Study:
     return study
 
 
-def _trained_state() -> dict[str, torch.Tensor]:
-    torch.manual_seed(1234)
-    return build_model(TRIALS[TRAINED_TRIAL][0]).state_dict()
+def _trained_state(number: int = TRAINED_TRIAL) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1234 + number)
+    return build_model(TRIALS[number][0]).state_dict()
+
+
+def _save_weights(run_dir: Path, numbers: list[int], verified: bool = False) -> None:
+    """Stands for what the search (or the verification stage) writes for these trials."""
+    for number in numbers:
+        path = weights_path(run_dir, number, verified=verified)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(_trained_state(number) if not verified else _verified_state(number), path)
+
+
+def _verified_state(number: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(99 + number)
+    return build_model(TRIALS[number][0]).state_dict()
 
 
 def _digest(path: Path) -> str:
@@ -176,8 +201,7 @@ def _digest(path: Path) -> str:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("run")
     _new_run(run_dir, list(range(len(TRIALS))))
-    (run_dir / "weights").mkdir()
-    torch.save(_trained_state(), run_dir / "weights" / f"trial_{TRAINED_TRIAL:04d}.pt")
+    _save_weights(run_dir, [*EXPECTED_FRONT, 5])  # every feasible trial the search trained (not the duplicate 8)
     return run_dir
 
 
@@ -240,19 +264,20 @@ def test_hypervolume_uses_the_budget_reference() -> None:
 
 
 def test_seed_dominance(run: Path) -> None:
+    # xxs and xs are within budget as published, so each is its own fitted seed; s is over budget and,
+    # with no fitted variant in this study, no baseline (it used to be "dominated" by every front point).
+    assert {name: t.number for name, t in fitted_seed_trials(_study(run)).items()} == {"xxs": 0, "xs": 1}
     rows = {row["trial"]: row for row in seed_dominance(_study(run))}
     assert list(rows) == EXPECTED_FRONT
-    assert rows[3]["dominates"] == ["s"]  # faster than xs but less accurate
-    assert rows[4]["dominates"] == ["xs", "s"]
-    assert rows[0]["dominates"] == ["xs", "s"]
+    assert rows[3]["dominates"] == []  # faster than xs but less accurate
+    assert rows[4]["dominates"] == ["xs"]
+    assert rows[0]["dominates"] == ["xs"]
     assert rows[0]["versus"]["xxs"]["same_trial"]
     versus_xs = rows[4]["versus"]["xs"]
     assert versus_xs["accuracy_gain"] == pytest.approx(5.0)  # points
     assert versus_xs["latency_saved_ms"] == pytest.approx(2.0)
     assert versus_xs["latency_saved_pct"] == pytest.approx(100 * 2.0 / 4.5)
-    versus_s = rows[3]["versus"]["s"]
-    assert versus_s["accuracy_gain"] is None and not versus_s["seed_feasible"]
-    assert versus_s["latency_saved_ms"] == pytest.approx(8.0)
+    assert all("s" not in row["versus"] for row in rows.values())
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -306,7 +331,7 @@ def test_pareto_csv(exported: Exported) -> None:
     assert list(pareto["number"]) == EXPECTED_FRONT == list(result.front)
     assert result.front_size == 3
     assert list(pareto["config_file"]) == [f"configs/trial_{n:04d}.yaml" for n in EXPECTED_FRONT]
-    assert list(pareto["dominates_seeds"]) == ["s", "xs;s", "xs;s"]
+    assert list(pareto["dominates_seeds"]) == ["", "xs", "xs"]  # s is over budget: no baseline
     assert set(pd.read_csv(run_dir / "trials.csv").columns) <= set(pareto.columns)
 
 
@@ -357,8 +382,10 @@ def test_summary(exported: Exported) -> None:
     assert "cpu, onnxruntime, batch 1, float32, 2 threads" in summary  # measured spec, not run.yaml's
     assert "**dominates**: +5.0 points, 2.00 ms (44 %) faster" in summary  # trial 4 against xs
     assert "| 10 | 9 | 8 | 6 | 2 | 1 | 1 | 1 | 0 |" in summary  # the counts row
-    assert "proxy-trained (weights/trial_0004.pt)" in summary
+    assert "proxy-trained (0.25 epochs, weights/trial_0004.pt)" in summary
     assert "xxs (trial 0) is itself on the front" in summary
+    assert "| s | 2 | COMPLETE | no, over budget at every size in the space |" in summary
+    assert "any within-budget point dominates" not in summary
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -376,27 +403,24 @@ def test_onnx_files_run(exported: Exported) -> None:
         image = np.random.default_rng(number).standard_normal((1, 3, 64, 64)).astype(np.float32)
         (logits,) = session.run(None, {feed.name: image})
         assert logits.shape == (1, NUM_CLASSES)
-        if number == TRAINED_TRIAL:  # the ONNX model carries the trained weights
-            model = build_model(TRIALS[number][0]).eval()
-            model.load_state_dict(_trained_state())
-            with torch.no_grad():
-                expected = model(torch.from_numpy(image)).numpy()
-            np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-3)
+        model = build_model(TRIALS[number][0]).eval()  # the ONNX model carries the trained weights
+        model.load_state_dict(_trained_state(number))
+        with torch.no_grad():
+            expected = model(torch.from_numpy(image)).numpy()
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-3)
     assert sorted(p.name for p in (run_dir / "onnx").iterdir()) == [f"trial_{n:04d}.onnx" for n in (0, 3, 4)]
 
 
 def test_timm_state_dicts(exported: Exported) -> None:
     run_dir, result = exported.run_dir, exported.result
-    assert result.weights_trained is False  # only trial 4 had weights; the others are fresh
-    assert result.weights[TRAINED_TRIAL].startswith("proxy-trained")
-    assert all(result.weights[n].startswith("untrained") for n in EXPECTED_FRONT if n != TRAINED_TRIAL)
+    assert result.weights_trained is True
+    assert result.weights[TRAINED_TRIAL] == "proxy-trained (0.25 epochs, weights/trial_0004.pt)"
     readme = (run_dir / "timm" / "README.txt").read_text()
-    assert "trial_0004.pth: proxy-trained" in readme and "trial_0003.pth: untrained" in readme
+    assert "trial_0004.pth: proxy-trained (0.25 epochs, weights/trial_0004.pt)" in readme
     for number in EXPECTED_FRONT:
         state = torch.load(run_dir / "timm" / f"trial_{number:04d}.pth", weights_only=True)
         build_model(TRIALS[number][0]).load_state_dict(state, strict=True)
-    trained = torch.load(run_dir / "timm" / f"trial_{TRAINED_TRIAL:04d}.pth", weights_only=True)
-    assert all(torch.equal(trained[k], v) for k, v in _trained_state().items())
+        assert all(torch.equal(state[k], v) for k, v in _trained_state(number).items())
 
 
 def test_timm_variant_loads_into_timm(exported: Exported) -> None:
@@ -406,6 +430,69 @@ def test_timm_variant_loads_into_timm(exported: Exported) -> None:
     model = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=NUM_CLASSES)
     model.load_state_dict(state, strict=True)
     assert "mobilevit_xxs" in (run_dir / "timm" / "README.txt").read_text()
+
+
+def _onnx_weights(path: Path) -> str:
+    import onnx
+
+    return {entry.key: entry.value for entry in onnx.load(str(path)).metadata_props}["mvit_nas.weights"]
+
+
+def test_onnx_metadata_names_the_weights(exported: Exported) -> None:
+    for number in EXPECTED_FRONT:
+        label = _onnx_weights(exported.run_dir / "onnx" / f"trial_{number:04d}.onnx")
+        assert label == f"proxy-trained (0.25 epochs, weights/trial_{number:04d}.pt)" == exported.result.weights[number]
+
+
+def test_export_prunes_the_weights_to_the_front(exported: Exported) -> None:
+    run_dir = exported.run_dir
+    assert set(exported.result.pruned) <= {weights_path(run_dir, 5)}  # another export may have pruned it first
+    assert sorted(p.name for p in (run_dir / "weights").iterdir()) == [f"trial_{n:04d}.pt" for n in (0, 3, 4)]
+
+
+def test_pruning_keeps_what_a_live_search_may_still_need(tmp_path: Path) -> None:
+    study = _new_run(tmp_path, list(range(len(TRIALS))))
+    in_flight = study.ask().number  # the driver saves a trial's weights before it tells the study
+    _save_weights(tmp_path, [*EXPECTED_FRONT, 5, 9])  # 9: left by a search killed before it told the study
+    _save_weights(tmp_path, [4], verified=True)
+    torch.save(_trained_state(5), weights_path(tmp_path, in_flight))
+    result = export_run(tmp_path)
+    assert sorted(result.pruned) == [weights_path(tmp_path, 5), weights_path(tmp_path, 9)]
+    kept = [f"trial_{n:04d}.pt" for n in (*sorted(EXPECTED_FRONT), in_flight)] + ["trial_0004.verified.pt"]
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == sorted(kept)
+
+
+def test_verified_weights_come_before_the_proxy_trained_ones(tmp_path: Path) -> None:
+    _new_run(tmp_path, list(range(len(TRIALS))))
+    _save_weights(tmp_path, EXPECTED_FRONT)
+    _save_weights(tmp_path, [4], verified=True)
+    job = VerifyRecord(trial=4, seed=0, epochs=2.5, accuracy=0.6, proxy_score=0.5, seconds=1.0)
+    (tmp_path / VERIFY_FILE).write_text(json.dumps([dataclasses.asdict(job)]))  # the job that wrote the file
+    result = export_run(tmp_path, formats=("timm",))
+    assert result.weights[4] == "verified (2.5 epochs, training seed 0, weights/trial_0004.verified.pt)"
+    assert result.weights[3] == "proxy-trained (0.25 epochs, weights/trial_0003.pt)"
+    state = torch.load(tmp_path / "timm" / "trial_0004.pth", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in _verified_state(4).items())
+    assert "trial_0004.pth: verified (" in (tmp_path / "timm" / "README.txt").read_text()
+
+
+@pytest.mark.parametrize("problem", ["missing", "another architecture"])
+def test_models_without_trained_weights_are_exported_only_when_asked(tmp_path: Path, problem: str) -> None:
+    _new_run(tmp_path, list(range(len(TRIALS))))
+    _save_weights(tmp_path, [0, 4])
+    if problem == "another architecture":
+        torch.save(_trained_state(4), weights_path(tmp_path, 3))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(InputError) as error:
+        export_run(tmp_path, formats=("yaml", "onnx", "timm"))
+    assert error.value.field == "--untrained"
+    assert "trial 3" in str(error.value) and "trial 4" not in str(error.value)
+    assert ("does not fit" if problem == "another architecture" else "no weights/trial_0003.pt") in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written: no table, no model
+    result = export_run(tmp_path, formats=("onnx",), untrained=True)
+    assert result.weights_trained is False and result.weights[3].startswith("untrained")
+    assert result.weights[4].startswith("proxy-trained")
+    assert _onnx_weights(tmp_path / "onnx" / "trial_0003.onnx") == result.weights[3]
 
 
 # --- safety -----------------------------------------------------------------------------------------

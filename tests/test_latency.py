@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from mvit_nas import ArchConfig, MobileViTStageConfig, MV2StageConfig, build_model
+from mvit_nas import ArchConfig, MobileViTStageConfig, MV2StageConfig, build_model, preset
 from mvit_nas.latency import (
     DeviceLock,
     LatencySpec,
@@ -371,3 +371,25 @@ def test_device_lock_is_picklable_and_reusable(tmp_path: Path) -> None:
             pass
         with lock.exclusive():
             pass
+
+
+def test_every_onnx_runtime_session_the_package_creates_has_spinning_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One place makes sessions (exports check their file through it too), so checking it covers them all.
+    package = Path(__file__).resolve().parents[1] / "mvit_nas"
+    makers = [path.name for path in package.rglob("*.py") if "InferenceSession(" in path.read_text()]
+    assert makers == ["onnx.py"], makers
+    created: list[Any] = []
+    real = ort.InferenceSession
+
+    def spy(model: Any, options: Any = None, *args: Any, **kwargs: Any) -> Any:
+        created.append(options)
+        return real(model, options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    cfg = dataclasses.replace(preset("xxs"), resolution=64)
+    spec = LatencySpec(backend="onnxruntime", threads=1, height=64, width=64, warmup=1, min_repeats=3, min_seconds=0.0)
+    measure_config(cfg, spec)
+    assert created, "no ONNX Runtime session was created"
+    for options in created:
+        for pool in ("intra_op", "inter_op"):
+            assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"

@@ -261,3 +261,14 @@ def _stop_session(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL ``process``'s session: the Ray head and every process it started (they share its group)."""
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=60)
+
+
+def test_what_optuna_dashboard_shows_of_an_over_budget_trial(tmp_path: Path) -> None:
+    # optuna-dashboard 0.21 serialises a trial's constraints from the system attribute "constraints"
+    # (Optuna's old list format); Optuna 5 stores named constraints as "constraints:<name>", so the
+    # dashboard shows none. The README says so and points at what it does show: the user attributes.
+    search(tiny_settings(budget_ms=1e-6), tmp_path / "run", trials=2, executor="local", workers=1)
+    for trial in _trials(tmp_path / "run"):
+        assert trial.system_attrs.get("constraints", []) == []  # the dashboard's own read
+        assert trial.user_attrs["feasible"] is False and trial.user_attrs["accuracy"] is None
+        assert trial.values[0] == 0.0  # plotted at accuracy 0: never trained

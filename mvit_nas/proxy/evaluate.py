@@ -37,6 +37,7 @@ def evaluate_proxy(
 
     ``data`` must hold images at ``spec.resolution``. ``step_guard`` is passed to
     :func:`train` (the zero-cost proxies enter it once around their single pass).
+    A trained proxy's result carries the trained state dict (``weights``).
 
     Example::
 
@@ -53,7 +54,7 @@ def evaluate_proxy(
         )  # fmt: skip
         seconds = time.perf_counter() - started
         loss = result.history[-1]["train_loss"]
-        return ProxyResult(result.accuracy, result.accuracy, spec.kind, spec.epochs, seconds, loss)
+        return ProxyResult(result.accuracy, result.accuracy, spec.kind, spec.epochs, seconds, loss, result.weights)
     device = _device(spec.device)
     guard = step_guard or contextlib.nullcontext
     _check_resolution(data, spec.resolution)

@@ -17,9 +17,12 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mvit_nas.validate import InputError, check_choice, check_int, check_keys, check_number, shown
+
+if TYPE_CHECKING:
+    import torch
 
 KINDS = ("train", "synflow", "naswot", "grad_norm")
 
@@ -78,7 +81,11 @@ class ProxySpec:
 
 @dataclass(frozen=True)
 class ProxyResult:
-    """A proxy score (higher is better); for ``train`` it is the top-1 accuracy in [0, 1]."""
+    """A proxy score (higher is better); for ``train`` it is the top-1 accuracy in [0, 1].
+
+    ``weights`` is the trained model's state dict (CPU tensors, timm's layout) for
+    ``train``, None for the zero-cost proxies (they train nothing).
+    """
 
     score: float
     accuracy: float | None
@@ -86,16 +93,21 @@ class ProxyResult:
     epochs: float
     seconds: float
     train_loss: float | None
+    weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Final top-1 accuracy, epochs trained, one dict per epoch, and the checkpoint file (if any)."""
+    """Final top-1 accuracy, epochs trained, one dict per epoch, the checkpoint file (if any), the trained weights.
+
+    ``weights`` is the final state dict, CPU tensors in timm's layout (what ``model.pt`` holds).
+    """
 
     accuracy: float
     epochs: float
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
+    weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
 
 class TrialFailed(RuntimeError):

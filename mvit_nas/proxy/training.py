@@ -219,7 +219,7 @@ def train(
     trained weights: every tensor that matches in name and shape is loaded, and the
     classifier is re-initialised when the class count differs. ``step_guard()`` is
     entered around each optimisation step. A NaN or infinite loss raises
-    :class:`TrialFailed`.
+    :class:`TrialFailed`. The result carries the trained state dict (``weights``).
 
     ``data`` must hold images at ``resolution`` (load it with that resolution).
     """
@@ -251,9 +251,11 @@ def train(
                     _save(
                         checkpoint, {"fingerprint": fingerprint, "epoch": epoch + 1, "history": history, **loop.state()}
                     )
+        # Detached CPU copies: what a Ray worker sends back and the driver saves, whatever device trained.
+        weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
         if checkpoint is not None:
-            _save(checkpoint.parent / WEIGHTS_FILE, {key: value.cpu() for key, value in model.state_dict().items()})
-    return TrainResult(history[-1]["val_accuracy"], epochs, history, checkpoint)
+            _save(checkpoint.parent / WEIGHTS_FILE, weights)
+    return TrainResult(history[-1]["val_accuracy"], epochs, history, checkpoint, weights)
 
 
 def _train_epoch(

@@ -8,16 +8,27 @@ default):
   and flattened into ``config.<field>`` columns), params, flops, latency
   statistics and the spec they were measured under, accuracy, feasibility,
   duration, failure reason, duplicate/retry links;
-- ``pareto.csv``: the rows of the feasible front, fastest first;
+- ``pareto.csv``: the rows of the feasible front, fastest first, each with the
+  budget-fitted seeds it dominates (``dominates_seeds``: ``xxs@160;xs@96``);
 - ``configs/trial_0007.yaml`` (or ``.json``): one config per front point,
   loadable by :func:`mvit_nas.load_config` and ``mvit-nas profile --config``;
 - ``pareto.png``: accuracy against latency for every trial, the front, the
   seeds and the budget;
 - ``summary.md``: settings, counts, hypervolume, the front, the front against
-  the seeds;
+  the seeds, and the verification when the run has one (``verify.json``);
+- ``verify.png`` (a verified run): proxy against verified accuracy per model;
 - with ``onnx``: ``onnx/trial_0007.onnx``, each verified in ONNX Runtime first;
 - with ``timm``: ``timm/trial_0007.pth``, state dicts in timm's layout, plus a
-  ``README.txt`` saying whether the weights are trained.
+  ``README.txt`` saying where the weights come from.
+
+Models carry trained weights: the verification stage's
+(``weights/trial_0007.verified.pt``) if any, else the search's proxy-trained ones
+(``weights/trial_0007.pt``); the ONNX metadata key ``mvit_nas.weights`` says which.
+A front point without either is exported freshly initialised only with
+``untrained=True`` (``--untrained``); otherwise the export refuses before writing
+anything. Each export also prunes the run's weights to the front: the
+``weights/trial_*.pt`` of finished trials off the front are deleted (they can
+never return to it).
 
 Every file is written atomically (:mod:`mvit_nas.atomic`), so an interrupted
 export leaves the previous file or the new one, never half a file. The study
@@ -42,11 +53,20 @@ from optuna.trial import FrozenTrial
 
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
-from mvit_nas.report.front import front, hypervolume, seed_dominance, seed_trials
-from mvit_nas.report.models import MODEL_FORMATS, TRIAL_FILE, export_models, prune, timm_variant
-from mvit_nas.report.plot import plot_front
+from mvit_nas.report.front import fitted_seed_trials, front, hypervolume, seed_dominance, seed_trials
+from mvit_nas.report.models import (
+    MODEL_FORMATS,
+    TRIAL_FILE,
+    export_models,
+    front_weights,
+    prune,
+    prune_run_weights,
+    timm_variant,
+)
+from mvit_nas.report.plot import plot_front, plot_verification
 from mvit_nas.report.summary import summary_markdown
 from mvit_nas.report.tables import pareto_frame, trials_frame
+from mvit_nas.report.verification import read_report
 from mvit_nas.run import TrialRecord, load_settings, read_study, require_run, trial_stem
 from mvit_nas.validate import InputError, writable_folder
 
@@ -54,6 +74,7 @@ __all__ = [
     "FORMATS",
     "ExportResult",
     "export_run",
+    "fitted_seed_trials",
     "front",
     "hypervolume",
     "seed_dominance",
@@ -67,6 +88,7 @@ FORMATS = (*CONFIG_FORMATS, *MODEL_FORMATS)
 TRIALS_CSV = "trials.csv"
 PARETO_CSV = "pareto.csv"
 PLOT_FILE = "pareto.png"
+VERIFY_PLOT_FILE = "verify.png"
 SUMMARY_FILE = "summary.md"
 CONFIGS_DIR = "configs"
 
@@ -77,8 +99,9 @@ class ExportResult:
 
     ``weights_trained`` is None when no model was exported (neither ``onnx`` nor
     ``timm`` asked for, or an empty front), True when every exported model
-    carries the search's proxy-trained weights, False when at least one is
-    freshly initialised; ``weights`` says which, per front trial.
+    carries trained weights (verified or proxy-trained), False when at least one
+    is freshly initialised (``untrained=True``); ``weights`` says which, per front
+    trial. ``pruned`` are the weight files of off-front trials this export deleted.
     """
 
     run_dir: Path
@@ -88,6 +111,7 @@ class ExportResult:
     hypervolume: float
     weights_trained: bool | None
     weights: dict[int, str]
+    pruned: tuple[Path, ...] = ()
 
     @property
     def front_size(self) -> int:
@@ -130,41 +154,51 @@ def _write_pareto(out: Path, study: optuna.Study, table: pd.DataFrame, files: di
 
 
 def export_run(
-    run_dir: str | Path, out_dir: str | Path | None = None, formats: str | Iterable[str] = ("yaml",)
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    formats: str | Iterable[str] = ("yaml",),
+    untrained: bool = False,
 ) -> ExportResult:
     """Write the exports of the run in ``run_dir`` into ``out_dir`` (default: the run folder).
 
     Tables, plot, summary and one config file per front point are always
     written (configs as ``.yaml`` unless ``json`` is asked for); ``onnx`` and
-    ``timm`` add model files for the front. A folder without a run raises
-    :class:`InputError` naming ``--run-dir``, an unknown format one naming
-    ``--format``; a run without a feasible trial still gets its tables and a
-    summary that says why the front is empty.
+    ``timm`` add model files for the front, with the verified weights where the
+    verification stage wrote them, else the search's proxy-trained ones. A front
+    point without trained weights raises :class:`InputError` naming
+    ``--untrained`` before anything is written, unless ``untrained`` is True
+    (then it is exported freshly initialised, and labelled so). A folder without
+    a run raises naming ``--run-dir``, an unknown format naming ``--format``; a
+    run without a feasible trial still gets its tables and a summary that says
+    why the front is empty. Afterwards the run's proxy-trained weights are pruned
+    to the front (:func:`~mvit_nas.report.models.prune_run_weights`).
 
     Example::
 
         result = export_run("runs/demo", formats=("json", "timm"))
-        result.front_size, result.weights_trained  # e.g. (4, False): timm files are untrained
+        result.front_size, result.weights_trained  # e.g. (4, True): timm files carry trained weights
     """
     chosen = _check_formats(formats)
     run_dir = Path(run_dir)
     require_run(run_dir)
     settings = load_settings(run_dir)
     study = read_study(run_dir)  # one snapshot: every table, plot and summary sees the same trials
-    out = writable_folder(run_dir if out_dir is None else Path(out_dir), "--out")
-
     front_trials = front(study)
+    configs = {t.number: _config_of(t) for t in front_trials}
+    models_asked = any(name in MODEL_FORMATS for name in chosen) and bool(front_trials)
+    # Checked before any file is written: a refused export (no trained weights) leaves nothing half done.
+    chosen_weights = front_weights(run_dir, front_trials, configs, settings, untrained) if models_asked else {}
+    out = writable_folder(run_dir if out_dir is None else Path(out_dir), "--out")
     table = trials_frame(study)
     written = [write_text(out / TRIALS_CSV, table.to_csv(index=False))]
-    configs = {t.number: _config_of(t) for t in front_trials}
     config_formats = [name for name in chosen if name in CONFIG_FORMATS] or ["yaml"]
     files = _write_configs(out, configs, config_formats)
     written += [out / path for paths in files.values() for path in paths]
     written.append(_write_pareto(out, study, table, files))
 
     weights: dict[int, tuple[bool, str]] = {}
-    if any(name in MODEL_FORMATS for name in chosen) and front_trials:
-        models = export_models(run_dir, out, front_trials, configs, chosen)
+    if models_asked:
+        models = export_models(out, front_trials, configs, chosen, chosen_weights)
         written += models.paths
         weights = models.weights
         for path in models.paths:
@@ -174,7 +208,10 @@ def export_run(
     sources = {number: source for number, (_, source) in weights.items()}
 
     written.append(plot_front(study, settings, front_trials, out / PLOT_FILE))
-    summary = summary_markdown(study, settings, run_dir.name, front_trials, table, files, sources)
+    verification = read_report(run_dir, study)  # None unless the run was verified (verify.json)
+    if verification is not None and verification.models:
+        written.append(plot_verification(verification, out / VERIFY_PLOT_FILE))
+    summary = summary_markdown(study, settings, run_dir.name, front_trials, table, files, sources, verification)
     written.append(write_text(out / SUMMARY_FILE, summary))
     return ExportResult(
         run_dir=run_dir,
@@ -184,4 +221,5 @@ def export_run(
         hypervolume=hypervolume([t.values for t in front_trials], (0.0, settings.budget_ms)),
         weights_trained=all(trained for trained, _ in weights.values()) if weights else None,
         weights=sources,
+        pruned=tuple(prune_run_weights(run_dir, study, front_trials)),
     )

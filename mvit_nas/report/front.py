@@ -6,7 +6,10 @@ knows how to find the non-dominated feasible trials (``study.best_trials``) and
 how to measure a front (its WFG hypervolume); this module only adds what is
 specific to mvit-nas: one point per architecture (:func:`front`, the project's
 one meaning of "the front"), and the comparison against the published seeds
-xxs/xs/s.
+xxs/xs/s fitted to the budget (:mod:`mvit_nas.seeds`): an over-budget seed was
+never trained and is no baseline, so the front is compared with what a user would
+pick instead, the seed at the largest resolution that fits (``xxs@160``) or with
+its channels scaled down (``s@96w0.5``).
 
 Example:
 
@@ -17,7 +20,7 @@ On a run's study::
 
     study = read_study(Path("runs/demo"))
     [t.number for t in front(study)]  # e.g. [7, 3, 12]
-    seed_dominance(study)[0]["dominates"]  # e.g. ["xs", "s"]
+    seed_dominance(study)[0]["dominates"]  # e.g. ["xxs@160", "s@96w0.5"]
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
 from mvit_nas.run import TrialRecord, is_feasible
+from mvit_nas.seeds import preset_of
 
-__all__ = ["SEEDS", "front", "hypervolume", "seed_dominance", "seed_trials"]
+__all__ = ["SEEDS", "fitted_seed_trials", "front", "hypervolume", "seed_dominance", "seed_trials"]
 
 SEEDS = ("xxs", "xs", "s")
 
@@ -83,7 +87,7 @@ def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -
 
 
 def seed_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
-    """Each seed's evaluated trial: the earliest COMPLETE one tagged with that seed name.
+    """Each published (256 px) seed's evaluated trial: the earliest COMPLETE one tagged with that seed name.
 
     A seed interrupted and re-run has two trials (the FAIL and its retry); the
     completed one is what counts. A seed whose every trial failed is absent.
@@ -98,47 +102,69 @@ def seed_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     return {name: found[name] for name in SEEDS if name in found}
 
 
+def fitted_seed_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Each budget-fitted seed's completed trial, by name: the baselines the front is compared with.
+
+    A fitted seed (:mod:`mvit_nas.seeds`) is a trial tagged with a variant's name
+    (``xxs@160``, ``s@96w0.5``), or a 256 px seed that is within budget as published
+    (its fitted variant is itself, so it was not enqueued again). The earliest
+    COMPLETE trial per name counts; names come in preset order (xxs, xs, s), each
+    preset's published seed first. A variant its own trial measured over budget is
+    kept (it is the fitted seed; callers check feasibility); an over-budget 256 px
+    seed is not a fitted seed.
+    """
+    found: dict[str, FrozenTrial] = {}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        name = TrialRecord.of(trial).seed
+        if trial.state != TrialState.COMPLETE or name in found or preset_of(name) is None:
+            continue
+        if name in SEEDS and not is_feasible(trial):
+            continue
+        found[name] = trial
+
+    def rank(name: str) -> tuple[int, bool]:  # by preset, the published seed first, variants in trial order
+        return SEEDS.index(str(preset_of(name))), name not in SEEDS
+
+    return {name: found[name] for name in sorted(found, key=rank)}
+
+
 def _compare(point: FrozenTrial, seed: FrozenTrial, accuracy_scale: float) -> dict[str, Any]:
+    """A front point against a within-budget seed (both trained: accuracies compare)."""
     accuracy, latency = point.values
     seed_accuracy, seed_latency = seed.values
-    seed_feasible = is_feasible(seed)
     saved = seed_latency - latency
-    comparison: dict[str, Any] = {
+    gain = accuracy - seed_accuracy
+    return {
         "seed_trial": seed.number,
-        "seed_feasible": seed_feasible,
         "latency_saved_ms": saved,
         "latency_saved_pct": 100.0 * saved / seed_latency if seed_latency > 0 else None,
+        "accuracy_gain": gain * accuracy_scale,
+        "dominates": point.number != seed.number
+        and accuracy >= seed_accuracy
+        and latency <= seed_latency
+        and (gain > 0 or saved > 0),
+        "same_trial": point.number == seed.number,
     }
-    if point.number == seed.number:
-        comparison.update(dominates=False, accuracy_gain=0.0, same_trial=True)
-    elif not seed_feasible:
-        # Constrained dominance (Deb's rule, as Optuna's NSGA-II uses it): a feasible point beats
-        # any infeasible one. An over-budget seed was never trained, so there is no accuracy to compare.
-        comparison.update(dominates=True, accuracy_gain=None)
-    else:
-        gain = accuracy - seed_accuracy
-        dominates = accuracy >= seed_accuracy and latency <= seed_latency and (gain > 0 or saved > 0)
-        comparison.update(dominates=dominates, accuracy_gain=gain * accuracy_scale)
-    return comparison
 
 
 def seed_dominance(study: optuna.Study, accuracy_scale: float = 100.0) -> list[dict[str, Any]]:
-    """For each front point (latency order), how it compares with every evaluated seed.
+    """For each front point (latency order), how it compares with every within-budget fitted seed.
 
-    Each entry: ``trial``, ``accuracy``, ``latency_ms``, ``dominates`` (the seed
-    names it dominates) and ``versus`` (seed name -> ``seed_trial``,
-    ``seed_feasible``, ``dominates``, ``accuracy_gain`` in points, i.e. the
-    accuracy difference times ``accuracy_scale`` (100 turns a top-1 fraction
-    into percentage points; None against an over-budget seed, which was never
-    trained), ``latency_saved_ms`` and ``latency_saved_pct`` (positive =
-    faster than the seed), and ``same_trial`` when the front point is the seed).
+    The seeds are :func:`fitted_seed_trials` that their own trial found within budget:
+    an over-budget seed was never trained and is no baseline. Each entry: ``trial``,
+    ``accuracy``, ``latency_ms``, ``dominates`` (the fitted seed names it dominates:
+    at least as accurate and as fast, better in one) and ``versus`` (seed name ->
+    ``seed_trial``, ``dominates``, ``accuracy_gain`` in points, i.e. the accuracy
+    difference times ``accuracy_scale`` (100 turns a top-1 fraction into percentage
+    points), ``latency_saved_ms`` and ``latency_saved_pct`` (positive = faster than
+    the seed), and ``same_trial`` (the front point is the seed)).
 
     Example::
 
         for row in seed_dominance(study):
-            print(row["trial"], row["dominates"], row["versus"]["xs"]["latency_saved_ms"])
+            print(row["trial"], row["dominates"], row["versus"]["xxs@160"]["latency_saved_ms"])
     """
-    seeds = seed_trials(study)
+    seeds = {name: trial for name, trial in fitted_seed_trials(study).items() if is_feasible(trial)}
     rows = []
     for point in front(study):
         versus = {name: _compare(point, seed, accuracy_scale) for name, seed in seeds.items()}

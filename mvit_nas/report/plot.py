@@ -1,4 +1,5 @@
-"""``pareto.png``: accuracy against latency for every completed trial, the front, the seeds and the budget.
+"""``pareto.png``: accuracy against latency for every completed trial, the front, the seeds and the budget;
+``verify.png``: the verified models' proxy and verified accuracy side by side.
 
 Example::
 
@@ -24,7 +25,9 @@ from mvit_nas.settings import SearchSettings
 if TYPE_CHECKING:  # matplotlib is imported when a plot is drawn, not with the package
     from matplotlib.axes import Axes
 
-__all__ = ["plot_front"]
+    from mvit_nas.report.verification import VerifyReport
+
+__all__ = ["plot_front", "plot_verification"]
 
 
 def _plot_trials(ax: Axes, study: optuna.Study, front_trials: Sequence[FrozenTrial], scale: float) -> None:
@@ -82,6 +85,54 @@ def plot_front(study: optuna.Study, settings: SearchSettings, front_trials: Sequ
     ax.set_xlabel("latency, median (ms)")
     ax.set_ylabel(f"proxy accuracy ({unit})")
     ax.set_title(f"Accuracy vs latency — {spec_text(study, settings)}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    return path
+
+
+def plot_verification(report: VerifyReport, path: Path) -> Path:
+    """Draw ``verify.png``: per verified model, its proxy score (filled) joined to its verified accuracy (hollow,
+    a bar over the training seeds' range), against latency; written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import offset_copy
+
+    figure = Figure(figsize=(8, 5.5), dpi=120)
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    # Verified points sit a few points right of their proxy point, so that the seed-range bar and the
+    # line joining the two stay apart when a model's latency is shared with nothing else.
+    beside = offset_copy(ax.transData, fig=figure, x=7, units="points")
+    # A zero-cost proxy's score is no accuracy: it gets an axis of its own, on the right.
+    trained = report.proxy_kind == "train"
+    proxy_ax = ax if trained else ax.twinx()
+    scale = 100.0 if trained else 1.0
+    for model in report.models:
+        colour = "goldenrod" if model.is_seed else "tab:red" if model.on_front else "tab:blue"
+        x, proxy, verified = model.latency_ms, model.proxy_score * scale, model.accuracy * 100
+        low, high = min(model.accuracies) * 100, max(model.accuracies) * 100
+        bar = [[verified - low], [high - verified]]
+        ax.update_datalim([(x, low), (x, high)])  # artists drawn "beside" do not widen the axes by themselves
+        proxy_ax.scatter([x], [proxy], color=colour, marker="*" if model.is_seed else "o", s=40, zorder=3)
+        if trained:
+            line = {"arrowstyle": "-", "linestyle": ":", "color": colour, "shrinkA": 0, "shrinkB": 4}
+            ax.annotate("", (x, verified), xycoords=beside, xytext=(x, proxy), textcoords="data", arrowprops=line)
+        ax.errorbar([x], [verified], yerr=bar, fmt="o", mfc="white", color=colour, capsize=3, transform=beside)
+        label = f"#{model.trial} {model.role}"
+        ax.annotate(label, (x, verified), xycoords=beside, textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.margins(x=0.08)
+    ax.autoscale_view()
+    ax.scatter([], [], color="0.3", label=f"proxy ({report.proxy_kind}, filled)")
+    ax.scatter([], [], color="0.3", facecolors="white", label=f"verified, {report.epochs:g} epochs (bar: seed range)")
+    tau = "n/a" if report.kendall_tau is None else f"{report.kendall_tau:.2f}"
+    ax.set_title(f"Proxy vs verified accuracy — Kendall tau {tau} over {len(report.models)} models", fontsize=9)
+    ax.set_xlabel("latency, median (ms)")
+    ax.set_ylabel("accuracy (%)" if trained else "verified accuracy (%)")
+    if not trained:
+        proxy_ax.set_ylabel(f"proxy score ({report.proxy_kind})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     figure.tight_layout()

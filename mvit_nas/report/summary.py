@@ -1,4 +1,5 @@
-"""``summary.md``: a run in one page: settings, trial counts, hypervolume, the front, the front against the seeds.
+"""``summary.md``: a run in one page: settings, trial counts, hypervolume, the front, the front against the seeds,
+and the verification (when the run was verified).
 
 Example::
 
@@ -17,12 +18,14 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from mvit_nas.report.front import SEEDS, hypervolume, seed_dominance, seed_trials
+from mvit_nas.report.front import SEEDS, fitted_seed_trials, hypervolume, seed_dominance, seed_trials
 from mvit_nas.report.tables import accuracy_scale, markdown_table, spec_text
+from mvit_nas.report.verification import BEATS, VerifyReport
 from mvit_nas.run import INTERRUPTED, TrialRecord, is_feasible, is_finished
+from mvit_nas.seeds import preset_of
 from mvit_nas.settings import SearchSettings
 
-__all__ = ["summary_markdown"]
+__all__ = ["summary_markdown", "verify_section"]
 
 
 def _fmt(value: float | None, digits: int = 1, sign: bool = False) -> str:
@@ -147,7 +150,18 @@ def _front_section(
     return lines
 
 
-def _seed_row(name: str, trial: FrozenTrial | None, scale: float, unit: str) -> dict[str, Any]:
+def _over_budget(trial: FrozenTrial, variants: Sequence[str]) -> str:
+    """Why a completed seed is no baseline: over budget, and what stands in for it."""
+    record = TrialRecord.of(trial)
+    if record.seed not in SEEDS:  # a fitted variant that its own trial found over budget after all
+        return "no, over budget in its own trial"
+    if not variants:
+        return "no, over budget at every size in the space"
+    resolution = record.config.resolution if record.config else "its published"
+    return f"no, over budget at {resolution} px; fitted variant: {', '.join(variants)}"
+
+
+def _seed_row(name: str, trial: FrozenTrial | None, variants: Sequence[str], scale: float, unit: str) -> dict[str, Any]:
     if trial is None:
         return {"seed": name, "trial": "—", "state": "not run"}
     failure = TrialRecord.of(trial).failure
@@ -158,20 +172,28 @@ def _seed_row(name: str, trial: FrozenTrial | None, scale: float, unit: str) -> 
         "seed": name,
         "trial": trial.number,
         "state": trial.state.name + (f" ({failure})" if failure else ""),
-        "feasible": ("yes" if feasible else "no, over budget") if done else "—",
+        "feasible": ("yes" if feasible else _over_budget(trial, variants)) if done else "—",
         f"accuracy ({unit})": accuracy,
         "latency (ms)": _fmt(trial.values[1], 3) if done else "—",
     }
 
 
 def _seeds_table(study: optuna.Study, scale: float, unit: str) -> pd.DataFrame:
-    """One row per seed: its evaluated trial, else its latest attempt (failed, waiting or running), else "not run"."""
+    """One row per 256 px seed, then one per budget-fitted variant of it (``xxs@160``): the evaluated trial,
+    else the latest attempt (failed, waiting or running), else "not run"."""
     trials = study.get_trials(deepcopy=False)
-    seeds = seed_trials(study)
+    evaluated = {**seed_trials(study), **fitted_seed_trials(study)}
+    tagged: dict[str, list[FrozenTrial]] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        name = TrialRecord.of(trial).seed
+        if preset_of(name) is not None:
+            tagged.setdefault(str(name), []).append(trial)
     rows = []
-    for name in SEEDS:
-        tagged = [t for t in trials if TrialRecord.of(t).seed == name]
-        rows.append(_seed_row(name, seeds.get(name) or (tagged[-1] if tagged else None), scale, unit))
+    for preset in SEEDS:
+        variants = [name for name in tagged if name != preset and preset_of(name) == preset]
+        for name in (preset, *variants):
+            attempt = evaluated.get(name) or (tagged[name][-1] if name in tagged else None)
+            rows.append(_seed_row(name, attempt, variants, scale, unit))
     return pd.DataFrame(rows)
 
 
@@ -183,21 +205,19 @@ def _versus_cell(comparison: dict[str, Any] | None, unit: str) -> str:
     saved_ms, saved_pct = comparison["latency_saved_ms"], comparison["latency_saved_pct"]
     pct = f" ({_fmt(abs(saved_pct), 0)} %)" if saved_pct is not None else ""
     saved = f"{_fmt(abs(saved_ms), 2)} ms{pct} {'faster' if saved_ms >= 0 else 'slower'}"
-    if comparison["accuracy_gain"] is None:
-        return f"**dominates** (seed over budget, not trained); {saved}"
     gain = f"{_fmt(comparison['accuracy_gain'], 1, sign=True)} {unit}"
     verdict = "**dominates**" if comparison["dominates"] else "does not dominate"
     return f"{verdict}: {gain}, {saved}"
 
 
 def _seeds_comparison(study: optuna.Study, front_trials: Sequence[FrozenTrial], scale: float, points: str) -> list[str]:
-    """Each front point against each seed, and why a seed no front point dominates is not beaten."""
-    seeds = seed_trials(study)
+    """Each front point against each budget-fitted seed, and why a seed no front point dominates is not beaten."""
+    seeds = {name: trial for name, trial in fitted_seed_trials(study).items() if is_feasible(trial)}
     dominance = seed_dominance(study, accuracy_scale=scale)
     if not dominance:
         return ["No front point to compare with the seeds."]
     if not seeds:
-        return ["No seed trial completed, so there is nothing to compare the front with."]
+        return ["No budget-fitted seed completed within budget, so there is nothing to compare the front with."]
     comparison = pd.DataFrame(
         [
             {"trial": row["trial"], **{name: _versus_cell(row["versus"].get(name), points) for name in seeds}}
@@ -205,9 +225,11 @@ def _seeds_comparison(study: optuna.Study, front_trials: Sequence[FrozenTrial], 
         ]
     )
     lines = [
-        "Each cell: whether the front point dominates the seed (at least as accurate and as fast, better "
-        f"in one; any within-budget point dominates an over-budget seed), the accuracy gain in {points} "
-        "and the latency saved.",
+        "The front against the seeds fitted to the budget: each published model at the largest resolution of the "
+        "space within the budget (`xxs@160`; its own name when it fits as published), else at the smallest "
+        "resolution with its channels scaled down (`s@96w0.5`). An over-budget seed was never trained: it is no "
+        "baseline. Each cell: whether the front point dominates the fitted seed (at least as accurate and as fast, "
+        f"better in one), the accuracy gain in {points} and the latency saved.",
         "",
         markdown_table(comparison),
     ]
@@ -218,7 +240,7 @@ def _seeds_comparison(study: optuna.Study, front_trials: Sequence[FrozenTrial], 
             continue
         if seed.number in on_front:
             lines += ["", f"{name} (trial {seed.number}) is itself on the front: no trial beats it on both."]
-        elif is_feasible(seed):
+        else:
             lines += ["", f"No front point dominates {name}: a front point ties with it."]
     return lines
 
@@ -231,12 +253,14 @@ def summary_markdown(
     table: pd.DataFrame,
     files: Mapping[int, Sequence[str]],
     weights: Mapping[int, str],
+    verification: VerifyReport | None = None,
 ) -> str:
     """The text of ``summary.md``.
 
     ``table`` is :func:`~mvit_nas.report.tables.trials_frame` of ``study``, ``files``
-    the exported files per front trial (paths relative to the export folder) and
-    ``weights`` where each exported model's weights came from.
+    the exported files per front trial (paths relative to the export folder),
+    ``weights`` where each exported model's weights came from, and ``verification``
+    the run's verification report (``verify.json``), if it has one.
     """
     scale, unit = accuracy_scale(settings)
     points = "points" if unit == "%" else unit
@@ -246,4 +270,89 @@ def summary_markdown(
     lines += _front_section(study, settings, front_trials, table, files, weights)
     lines += ["## Front against the seeds", "", markdown_table(_seeds_table(study, scale, unit)), ""]
     lines += _seeds_comparison(study, front_trials, scale, points)
+    if verification is not None:
+        lines += ["", *verify_section(verification)]
     return "\n".join(lines) + "\n"
+
+
+# --- the verification ------------------------------------------------------------------
+
+
+def _points(fraction: float | None) -> str:
+    """An accuracy fraction (or a difference of two) in percentage points, for a table cell."""
+    return _fmt(None if fraction is None else fraction * 100, 2)
+
+
+def _verified_table(report: VerifyReport, proxy_scale: float, proxy_unit: str) -> pd.DataFrame:
+    on_front = set(report.verified_front)
+    return pd.DataFrame(
+        {
+            "trial": [m.trial for m in report.models],
+            "model": [m.role for m in report.models],
+            "latency (ms)": [_fmt(m.latency_ms, 3) for m in report.models],
+            f"proxy ({proxy_unit})": [_fmt(m.proxy_score * proxy_scale, 2) for m in report.models],
+            "verified (%)": [_points(m.accuracy) for m in report.models],
+            "per seed (%)": [", ".join(_points(a) for a in m.accuracies) for m in report.models],
+            "verified front": ["yes" if m.trial in on_front else "" for m in report.models],
+        }
+    )
+
+
+def _verified_comparison(report: VerifyReport, proxy_scale: float, proxy_unit: str) -> list[str]:
+    if not report.comparisons:
+        return ["No verified front point and fitted seed to compare."]
+    rows = pd.DataFrame(
+        {
+            "trial": [c.trial for c in report.comparisons],
+            "seed": [f"{c.seed} (trial {c.seed_trial})" for c in report.comparisons],
+            f"proxy gain ({proxy_unit})": [_fmt(c.proxy_gain * proxy_scale, 2, sign=True) for c in report.comparisons],
+            "verified gain (points)": [_fmt(c.accuracy_gain * 100, 2, sign=True) for c in report.comparisons],
+            "noise band (points)": [_points(c.threshold) for c in report.comparisons],
+            "latency saved (ms)": [_fmt(c.latency_saved_ms, 3, sign=True) for c in report.comparisons],
+            "verdict": [f"**{c.verdict}**" if c.verdict == BEATS else c.verdict for c in report.comparisons],
+        }
+    )
+    return [
+        "A front point **beats** a seed when it is no slower and its verified gain exceeds the noise band: twice "
+        "the standard deviation of a difference of two seed means, the seed-to-seed variance pooled over every "
+        "verified model. Within the band either way there is no measurable difference.",
+        "",
+        markdown_table(rows),
+    ]
+
+
+def verify_section(report: VerifyReport) -> list[str]:
+    """The verification in Markdown lines: trust in the proxy (Kendall tau), seed noise, models, front vs seeds."""
+    proxy_scale, proxy_unit = (100.0, "%") if report.proxy_kind == "train" else (1.0, f"{report.proxy_kind} score")
+    tau = "n/a (fewer than two models, or all tied)" if report.kendall_tau is None else f"**{report.kendall_tau:.2f}**"
+    p_value = f"p = {report.tau_pvalue:.2g}, " if report.tau_pvalue is not None else ""
+    # A spread needs a model with two finished seeds; so does the pooled standard deviation.
+    spread = (
+        f"mean {_points(report.spread_mean)} points, max {_points(report.spread_max)} points "
+        f"(pooled standard deviation of one run {_points(report.seed_sd)} points)"
+        if report.spread_mean is not None
+        else "n/a (no model has two finished seeds)"
+    )
+    front = ", ".join(str(n) for n in report.verified_front) or "none"
+    lines = [
+        "## Verification: longer training",
+        "",
+        f"{len(report.models)} models (front points and budget-fitted seeds) trained {report.epochs:g} epochs, "
+        f"up to {report.seeds} training seeds each, on {report.dataset} (scored on its held-out validation split) "
+        f"at {report.resolution} px; every job is in `verify.json`, the plot in `verify.png`.",
+        "",
+        f"- Kendall tau between the proxy's and the verified ranking: {tau} ({p_value}{len(report.models)} models): "
+        "1 means the proxy orders the models as longer training does, 0 that it tells nothing.",
+        f"- Seed-to-seed spread (|difference| between two seeds of a model): {spread}.",
+        f"- Verified front (non-dominated over verified accuracy and latency): trials {front}.",
+        "",
+        markdown_table(_verified_table(report, proxy_scale, proxy_unit)),
+        "",
+        "### Front against the fitted seeds, after verification",
+        "",
+        *_verified_comparison(report, proxy_scale, proxy_unit),
+    ]
+    if report.failures:
+        lines += ["", "Jobs that did not train:", ""]
+        lines += [f"- trial {r.trial}, seed {r.seed}: {r.failure}" for r in report.failures]
+    return lines

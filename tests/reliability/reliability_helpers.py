@@ -112,7 +112,7 @@ def install_kill_hook() -> None:
     elif point == "submit":
         before(search_module._Driver, "_submit")
     elif point == "proxy":
-        before(search_module, "evaluate_proxy")
+        before(importlib.import_module("mvit_nas.evaluation"), "evaluate_proxy")
     elif point == "told":
         after(search_module._Driver, "_count")
     elif point == "commit":

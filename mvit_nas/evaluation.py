@@ -1,0 +1,105 @@
+"""One trial's evaluation, as a worker runs it: cost, latency, then the accuracy proxy if the latency fits.
+
+:func:`evaluate` runs on a Ray worker (any machine of the cluster) or in-process; it reads
+nothing from the run folder: its inputs arrive as arguments and through
+:class:`~mvit_nas.executors.Shared`, and it returns everything as an :class:`Evaluation`
+(the record, and the proxy-trained weights that the driver saves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from mvit_nas.config import ArchConfig
+from mvit_nas.cost import count_cost
+from mvit_nas.data import ProxyData
+from mvit_nas.executors import Shared, node_name
+from mvit_nas.faults import inject_fault
+from mvit_nas.latency import LatencyStats, check_available, device_lock, hardware_name, measure_config
+from mvit_nas.proxy import TrialFailed, evaluate_proxy
+from mvit_nas.run import TrialRecord
+from mvit_nas.settings import SearchSettings
+from mvit_nas.validate import first_line
+
+if TYPE_CHECKING:
+    from mvit_nas.predictor import LatencyTable
+
+
+@dataclass(frozen=True)
+class WorkerInputs:
+    """What every evaluation needs besides its config, sent once to the workers (never read from the run folder)."""
+
+    data: ProxyData
+    table: LatencyTable | None  # the latency predictor, when the run predicts latency
+
+
+def _latency(cfg: ArchConfig, settings: SearchSettings, inputs: WorkerInputs) -> LatencyStats:
+    spec = dataclasses.replace(settings.latency, height=cfg.resolution, width=cfg.resolution)
+    if inputs.table is not None:
+        ms = inputs.table.predict(cfg)
+        return LatencyStats(ms, ms, ms, ms, n=0, spec=spec, peak_memory_mb=None, predicted=True)
+    check_available(spec)  # on this worker: the driver may run on a machine without the device
+    # Export and session set-up hold the device too: on a CPU they would slow another worker's timing.
+    with device_lock(spec.device).exclusive():
+        return measure_config(cfg, spec)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` hands back: the trial's record, and the weights the proxy trained (CPU, timm layout).
+
+    ``weights`` is None unless the trial fit the budget and a training proxy trained it
+    without failing. The worker never writes the run folder (it may be on another
+    machine): the driver saves the weights.
+    """
+
+    record: TrialRecord
+    weights: dict[str, torch.Tensor] | None = None
+
+
+def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, shared: Shared) -> Evaluation:
+    """Evaluate one architecture: cost, latency, then (if within budget) the accuracy proxy.
+
+    Returns an :class:`Evaluation`: the evaluation fields of a :class:`~mvit_nas.run.TrialRecord`,
+    with the machine and device that ran it, and the proxy-trained weights. ``shared`` holds
+    the :class:`WorkerInputs`. A proxy failure (divergence, out of memory) is returned as
+    ``failure``; any other exception propagates and the driver records it.
+    """
+    started = time.perf_counter()
+    inputs: WorkerInputs = shared.get()
+    proxy_spec = inject_fault(trial_number, settings.proxy)
+    cost = count_cost(cfg)
+    latency = _latency(cfg, settings, inputs)
+    record = TrialRecord(params=cost.params, flops=cost.flops, latency=latency, node=node_name())
+    record = dataclasses.replace(
+        record, feasible=latency.median_ms <= settings.budget_ms, hardware=hardware_name(settings.latency.device)
+    )
+    weights = None
+    if record.feasible:
+        try:
+            proxy = evaluate_proxy(cfg, proxy_spec, inputs.data, step_guard=device_lock(proxy_spec.device).shared)
+            record = dataclasses.replace(record, accuracy=proxy.score, proxy_seconds=proxy.seconds)
+            weights = proxy.weights
+        except TrialFailed as error:
+            record = dataclasses.replace(record, failure=error.reason)
+        except (MemoryError, RuntimeError) as error:
+            if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
+                raise
+            record = dataclasses.replace(record, failure=f"out of memory: {first_line(error, 300)}")
+    return Evaluation(dataclasses.replace(record, duration_s=time.perf_counter() - started), weights)
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for the ``failure`` of a trial whose evaluation raised ``error`` (or whose worker died)."""
+    name = type(error).__name__
+    if "OutOfMemory" in name or isinstance(error, MemoryError):
+        return f"out of memory: {first_line(error)}"
+    if "WorkerCrashed" in name or "WorkerDied" in name:
+        return "worker died: the process running the trial was killed (retried once)"
+    message = first_line(error) if str(error).strip() else ""
+    return f"error: {name}: {message}"[:500]
