@@ -59,6 +59,20 @@ def _add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, help="CPU threads for latency (default: all cores)")
 
 
+def _add_cluster_args(parser: argparse.ArgumentParser, unit: str, workers: int, gpus: float) -> None:
+    """Where the ``unit``s (trials, jobs) run: how many at once, on which Ray, with what share of a GPU."""
+    parser.add_argument(
+        "--workers", type=_positive_int, default=workers, help=f"concurrent {unit}s (default: {workers})"
+    )
+    parser.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
+    parser.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=gpus,
+        help=f"on --device cuda, a {unit}'s share of a GPU; 0.5 runs two per GPU (default: {gpus:g})",
+    )
+
+
 def _load_arch(args: argparse.Namespace) -> Any:
     from mvit_nas.config import load_config, preset
 
@@ -272,9 +286,6 @@ def _add_search_parser(commands: Any) -> None:
         type=float,
         help="fail a trial not finished this many seconds after it was submitted (worker start and retry included)",
     )
-    search.add_argument(
-        "--workers", type=_positive_int, default=DEFAULT_WORKERS, help=f"concurrent trials (default: {DEFAULT_WORKERS})"
-    )
     _add_device_args(search)
     search.add_argument("--dataset", default=_SEARCH["dataset"], help=f"{DATASETS} (default: {_SEARCH['dataset']})")
     search.add_argument("--proxy", default=_PROXY["kind"], help=f"{' | '.join(PROXIES)} (default: {_PROXY['kind']})")
@@ -292,13 +303,7 @@ def _add_search_parser(commands: Any) -> None:
     search.add_argument(
         "--run-dir", help="run folder; the same folder resumes (default: results/search-<budget>ms-seed<seed>)"
     )
-    search.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
-    search.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=_RUN["gpus_per_trial"],
-        help=f"on --device cuda, a trial's share of a GPU; 0.5 runs two per GPU (default: {_RUN['gpus_per_trial']:g})",
-    )
+    _add_cluster_args(search, "trial", DEFAULT_WORKERS, _RUN["gpus_per_trial"])
     search.add_argument(
         "--verify-epochs",
         type=float,
@@ -323,19 +328,7 @@ def _add_verify_parser(commands: Any) -> None:
     verify.add_argument(
         "--seeds", type=_positive_int, default=_VERIFY["seeds"], help=f"training seeds (default: {_VERIFY['seeds']})"
     )
-    verify.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=_VERIFY["workers"],
-        help=f"concurrent jobs (default: {_VERIFY['workers']})",
-    )
-    verify.add_argument("--address", help="an existing Ray cluster (ray://host:port or host:port)")
-    verify.add_argument(
-        "--gpus-per-trial",
-        type=float,
-        default=_VERIFY["gpus_per_trial"],
-        help=f"on --device cuda runs, a job's share of a GPU (default: {_VERIFY['gpus_per_trial']:g})",
-    )
+    _add_cluster_args(verify, "job", _VERIFY["workers"], _VERIFY["gpus_per_trial"])
     verify.set_defaults(run=_cmd_verify)
 
 

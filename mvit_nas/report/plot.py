@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -85,12 +85,7 @@ def plot_front(study: optuna.Study, settings: SearchSettings, front_trials: Sequ
     ax.set_xlabel("latency, median (ms)")
     ax.set_ylabel(f"proxy accuracy ({unit})")
     ax.set_title(f"Accuracy vs latency — {spec_text(study, settings)}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png")
-    return path
+    return _save(figure, ax, path)
 
 
 def plot_verification(report: VerifyReport, path: Path) -> Path:
@@ -133,6 +128,11 @@ def plot_verification(report: VerifyReport, path: Path) -> Path:
     ax.set_ylabel("accuracy (%)" if trained else "verified accuracy (%)")
     if not trained:
         proxy_ax.set_ylabel(f"proxy score ({report.proxy_kind})")
+    return _save(figure, ax, path)
+
+
+def _save(figure: Any, ax: Any, path: Path) -> Path:
+    """Grid, legend, tight layout, then the PNG written atomically."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     figure.tight_layout()
