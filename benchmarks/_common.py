@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,20 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_commit() -> dict[str, Any]:
+    """The commit measured, and whether the working tree differed from it (a dirty tree is not that commit)."""
+    repo = RESULTS_DIR.parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "mvit_nas"))}
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``results/benchmarks/NAME.json`` with the machine facts added."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2) + "\n")
+    record = {"benchmark": name, "git": git_commit(), "machine": machine(), **payload}
+    path.write_text(json.dumps(record, indent=2) + "\n")
     return path
