@@ -1,0 +1,28 @@
+"""The benchmark table says which results still describe the code (``benchmarks/make_table.py``)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from benchmarks.make_table import freshness
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _head() -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def test_a_result_of_the_current_commit_is_current() -> None:
+    assert freshness("cost", {"git": {"commit": _head(), "dirty": False}}).endswith(": current")
+
+
+def test_a_result_without_a_commit_is_flagged() -> None:
+    assert "stale?" in freshness("cost", {"machine": {}})
+
+
+def test_a_result_measured_before_its_code_changed_is_stale() -> None:
+    # 62eab0c predates the layout walker: cost.py, config.py and model.py all changed since.
+    verdict = freshness("cost", {"git": {"commit": "62eab0c", "dirty": False}})
+    assert "**stale**" in verdict and "mvit_nas/cost.py" in verdict, verdict
