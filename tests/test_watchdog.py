@@ -221,7 +221,9 @@ def test_a_search_killed_by_its_pid_leaves_no_ray_and_the_same_command_completes
     try:
         deadline = time.monotonic() + 300
         while _finished_trials(run_dir) < 1:  # mid-run: a trial told, the others to come
-            assert driver.poll() is None and time.monotonic() < deadline, "the search ended or never got going"
+            if driver.poll() is not None or time.monotonic() > deadline:
+                driver.kill()
+                pytest.fail(f"the search ended or never got going: {driver.communicate()[1][-3000:]}")
             time.sleep(1)
         tree = _psutil().Process(driver.pid).children(recursive=True)
         raylet = next(proc for proc in tree if proc.name() == "raylet")
