@@ -187,6 +187,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         threads=args.threads,
         proxy=args.proxy,
         epochs=args.epochs,
+        proxy_scale=args.proxy_scale,
         dataset=args.dataset,
         sampler=args.sampler,
         seed=args.seed,
@@ -290,6 +291,12 @@ def _add_search_parser(commands: Any) -> None:
     search.add_argument("--dataset", default=_SEARCH["dataset"], help=f"{DATASETS} (default: {_SEARCH['dataset']})")
     search.add_argument("--proxy", default=_PROXY["kind"], help=f"{' | '.join(PROXIES)} (default: {_PROXY['kind']})")
     search.add_argument("--epochs", type=float, help="proxy training epochs (default: the proxy's own)")
+    search.add_argument(
+        "--proxy-scale",
+        type=float,
+        default=_PROXY["scale"],
+        help=f"the proxy scores each architecture at this fraction of its resolution (default: {_PROXY['scale']})",
+    )
     search.add_argument(
         "--sampler", default=_SEARCH["sampler"], help=f"{' | '.join(SAMPLERS)} (default: {_SEARCH['sampler']})"
     )

@@ -83,7 +83,9 @@ def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, share
     if record.feasible:
         try:
             proxy = evaluate_proxy(cfg, proxy_spec, inputs.data, step_guard=device_lock(proxy_spec.device).shared)
-            record = dataclasses.replace(record, accuracy=proxy.score, proxy_seconds=proxy.seconds)
+            record = dataclasses.replace(
+                record, accuracy=proxy.score, proxy_seconds=proxy.seconds, proxy_resolution=proxy.resolution
+            )
             weights = proxy.weights
         except TrialFailed as error:
             record = dataclasses.replace(record, failure=error.reason)

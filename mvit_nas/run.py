@@ -100,6 +100,7 @@ class TrialRecord:
     feasible: bool | None = None
     accuracy: float | None = None
     proxy_seconds: float | None = None
+    proxy_resolution: int | None = None  # the input size (px) the proxy trained and scored at
     duration_s: float | None = None
     failure: str | None = None
     node: str | None = None  # the machine that evaluated it: host name and Ray node id

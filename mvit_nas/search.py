@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from mvit_nas import run as run_folder
 from mvit_nas.atomic import atomic_path
 from mvit_nas.config import PRESETS, ArchConfig, preset
-from mvit_nas.data import ProxyData, load_dataset
+from mvit_nas.data import ProxyData
 from mvit_nas.evaluation import Evaluation, WorkerInputs, describe_failure, evaluate
 from mvit_nas.executors import Executor, LocalExecutor, RayExecutor, Shared
 from mvit_nas.report import front
@@ -273,7 +273,7 @@ class _Driver:
             self._submit(duplicate, key, cfg)
 
     def _finish_duplicate(self, trial: optuna.Trial, key: str, original: TrialRecord) -> None:
-        reused = ("params", "flops", "latency", "feasible", "accuracy", "node", "hardware")
+        reused = ("params", "flops", "latency", "feasible", "accuracy", "proxy_resolution", "node", "hardware")
         copied = {name: getattr(original, name) for name in reused}
         record = TrialRecord(**copied, duration_s=0.0, duplicate_of=original.trial_number)
         self._finish(trial, key, record)
@@ -311,7 +311,7 @@ def _prepare(settings: SearchSettings, run_dir: Path, data: ProxyData | None) ->
     run_folder.check_storage(run_dir)
     if data is None:  # the generated dataset is cached in the run folder, which only the driver reads
         cache_dir = run_dir / run_folder.DATA_DIR
-        data = load_dataset(settings.dataset_spec(), settings.proxy.resolution, cache_dir=cache_dir)
+        data = settings.load_data(cache_dir)
     table = _latency_table(settings, run_dir)
     run_folder.write_settings(run_dir, settings)
     table_file = run_dir / run_folder.LATENCY_TABLE_FILE
@@ -347,7 +347,7 @@ def search(
     run_dir = Path(run_dir)
     settings.search_space()  # bad input is refused before anything is written
     dataset_spec = settings.dataset_spec()
-    data = None if dataset_spec.kind == "synthetic" else load_dataset(dataset_spec, settings.proxy.resolution)
+    data = None if dataset_spec.kind == "synthetic" else settings.load_data()
     run_folder.check_free_space(run_dir)
     writable_folder(run_dir, "--run-dir")
     with run_folder.exclusive(run_dir):

@@ -29,7 +29,7 @@ import numpy
 import optuna
 
 from mvit_nas.config import read_mapping
-from mvit_nas.data import DatasetSpec, parse_dataset_spec
+from mvit_nas.data import DatasetSpec, ProxyData, load_dataset, native_resolution, parse_dataset_spec
 from mvit_nas.latency import LatencySpec, resolve_spec
 from mvit_nas.proxy import ProxySpec
 from mvit_nas.space import SearchSpace, load_space, parse_space
@@ -75,6 +75,7 @@ class SearchSettings:
         threads: int | None = None,
         proxy: str = "train",
         epochs: float | None = None,
+        proxy_scale: float | None = ProxySpec.scale,
         here: bool = True,
         **fields: Any,
     ) -> SearchSettings:
@@ -85,7 +86,7 @@ class SearchSettings:
         other fields (``dataset``, ``sampler``, ``seed``, ``latency_source``).
         """
         latency = resolve_spec(device=device, backend=backend, threads=threads, here=here)
-        proxy_spec = ProxySpec(kind=proxy, seed=fields.get("seed", 0), device=latency.device)
+        proxy_spec = ProxySpec(kind=proxy, seed=fields.get("seed", 0), device=latency.device, scale=proxy_scale)
         if epochs is not None:
             proxy_spec = dataclasses.replace(proxy_spec, epochs=epochs)
         space = read_mapping(space_file, "--space") if space_file else None
@@ -107,6 +108,22 @@ class SearchSettings:
 
     def dataset_spec(self) -> DatasetSpec:
         return parse_dataset_spec(self.dataset)
+
+    def load_data(self, cache_dir: Path | None = None) -> ProxyData:
+        """The run's dataset, loaded once at the size every proxy input is resampled from.
+
+        A fixed-resolution proxy loads at its resolution; a scaled one at the dataset's
+        own size (CIFAR's 32 px, the generated 64 px), or for an image folder at the
+        largest input the space asks for. ``cache_dir`` is as for
+        :func:`~mvit_nas.data.load_dataset`.
+        """
+        spec = self.dataset_spec()
+        if self.proxy.scale is None:
+            resolution = self.proxy.resolution
+        else:
+            largest = self.proxy.input_size(max(self.search_space().choices["resolution"]))
+            resolution = native_resolution(spec) or largest
+        return load_dataset(spec, resolution, cache_dir=cache_dir)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as written to ``run.yaml`` (and sent to workers)."""

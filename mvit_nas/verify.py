@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial
 from mvit_nas import run as run_folder
 from mvit_nas.atomic import atomic_path, write_text
 from mvit_nas.config import ArchConfig
-from mvit_nas.data import ProxyData, load_dataset
+from mvit_nas.data import ProxyData
 from mvit_nas.executors import Shared, node_name
 from mvit_nas.latency import device_lock, hardware_name
 from mvit_nas.proxy import TrialFailed, train
@@ -114,9 +114,10 @@ def train_job(
     spec = settings.proxy
     started = time.perf_counter()
     record = VerifyRecord(number, seed, epochs, None, proxy_score, 0.0, node_name(), hardware_name(spec.device))
+    size = spec.input_size(cfg.resolution)
     try:
         result = train(
-            cfg, data, epochs, spec.resolution, seed=seed, threads=spec.threads, batch_size=spec.batch_size,
+            cfg, data.at(size), epochs, size, seed=seed, threads=spec.threads, batch_size=spec.batch_size,
             lr=spec.lr, weight_decay=spec.weight_decay, warmup_fraction=spec.warmup_fraction,
             label_smoothing=spec.label_smoothing, device=spec.device, progress=False,
             step_guard=device_lock(spec.device).shared,
@@ -151,10 +152,9 @@ def _save_job(run_dir: Path, records: list[VerifyRecord], job: VerifyJob) -> Non
 
 
 def _load_data(settings: SearchSettings, run_dir: Path) -> ProxyData:
-    """The run's dataset at its proxy resolution, as the search loaded it (synthetic: from the run's cache)."""
-    spec = settings.dataset_spec()
-    cache_dir = run_dir / run_folder.DATA_DIR if spec.kind == "synthetic" else None
-    return load_dataset(spec, settings.proxy.resolution, cache_dir=cache_dir)
+    """The run's dataset as the search loaded it (synthetic: from the run's cache)."""
+    synthetic = settings.dataset_spec().kind == "synthetic"
+    return settings.load_data(run_dir / run_folder.DATA_DIR if synthetic else None)
 
 
 def _run_jobs(

@@ -69,8 +69,12 @@ def _losses(history: list[dict[str, float]]) -> list[float]:
 def test_spec_round_trip_and_validation() -> None:
     spec = ProxySpec(kind="naswot", epochs=0.5, seed=4)
     assert ProxySpec.from_dict(spec.to_dict()) == spec
-    assert ProxySpec.from_dict({}) == ProxySpec()
+    # Missing keys take their defaults, except the scale: a run written before it existed kept a fixed resolution.
+    assert ProxySpec.from_dict({}) == ProxySpec(scale=None)
+    assert ProxySpec.from_dict({"scale": 0.5}) == ProxySpec()
     for kwargs, field in [
+        ({"scale": 0}, "--proxy-scale"),
+        ({"scale": 1.5}, "--proxy-scale"),
         ({"kind": "snip"}, "--proxy"),
         ({"epochs": 0}, "--epochs"),
         ({"epochs": math.nan}, "--epochs"),
@@ -118,6 +122,34 @@ def test_evaluate_proxy_train_scores_accuracy(data: ProxyData) -> None:
     assert result.score == result.accuracy and 0.0 <= result.score <= 1.0
     assert result.kind == "train" and result.epochs == 1 and result.seconds > 0
     assert math.isfinite(result.train_loss)
+
+
+@pytest.mark.parametrize("kind", ["train", "synflow", "naswot"])
+def test_the_proxy_input_follows_the_architecture_resolution(
+    kind: str, data: ProxyData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mvit_nas.proxy.evaluate as evaluate_module
+
+    seen: list[tuple[int, ...]] = []
+    build = evaluate_module._model
+
+    def recording_model(cfg: ArchConfig, num_classes: int) -> torch.nn.Module:
+        model = build(cfg, num_classes)
+        model.register_forward_pre_hook(lambda _module, args: seen.append(tuple(args[0].shape[-2:])))
+        return model
+
+    monkeypatch.setattr(evaluate_module, "_model", recording_model)
+    monkeypatch.setattr("mvit_nas.proxy.training._model", recording_model)
+    spec = ProxySpec(kind=kind, epochs=0.5, batch_size=16, scale=0.5)
+    sizes = {}
+    for resolution in (64, 96):
+        seen.clear()
+        result = evaluate_proxy(dataclasses.replace(TINY, resolution=resolution), spec, data)
+        sizes[resolution] = result.resolution
+        assert set(seen) == {(result.resolution, result.resolution)}  # trained and scored at that size only
+    assert sizes == {64: 32, 96: 48}
+    fixed = dataclasses.replace(spec, scale=None, resolution=RESOLUTION)
+    assert {evaluate_proxy(dataclasses.replace(TINY, resolution=r), fixed, data).resolution for r in (64, 96)} == {32}
 
 
 def test_step_guard_wraps_every_step(data: ProxyData) -> None:

@@ -59,6 +59,7 @@ def test_small_search_finishes_with_a_front_and_skips_repeated_configs(tmp_path:
         assert 0.0 <= trial.user_attrs["accuracy"] <= 1.0
         assert trial.values[1] == trial.user_attrs["latency"]["median"]
         assert trial.user_attrs["latency"]["backend"] == "eager"
+        assert trial.user_attrs["proxy_resolution"] == 32  # half the space's 64 px: the proxy follows resolution
     keys = [t.user_attrs["config_key"] for t in trials if "duplicate_of" not in t.user_attrs]
     assert len(keys) == len(set(keys)), "a configuration evaluated twice"
     for trial in trials:

@@ -28,6 +28,7 @@ from mvit_nas.data.datasets import (
     TensorImages,
     held_out,
     load_dataset,
+    native_resolution,
     parse_dataset_spec,
 )
 from mvit_nas.data.decoded import default_cache_dir
@@ -57,5 +58,6 @@ __all__ = [
     "generate_synthetic",
     "held_out",
     "load_dataset",
+    "native_resolution",
     "parse_dataset_spec",
 ]

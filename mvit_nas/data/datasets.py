@@ -21,11 +21,13 @@ augmentation.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -40,6 +42,7 @@ from mvit_nas.data.decoded import (
 )
 from mvit_nas.data.synthetic import (
     SYNTHETIC_CLASSES,
+    SYNTHETIC_NATIVE,
     SYNTHETIC_TRAIN_SIZE,
     SYNTHETIC_VAL_SIZE,
     _cached,
@@ -52,6 +55,7 @@ ALLOWED = "synthetic[:SEED], cifar10:PATH, cifar100:PATH or folder:PATH"
 FIELD = "--dataset"
 # The share of each class of a real dataset's train split held out as the validation split.
 VAL_PERCENT = 10
+CIFAR_NATIVE = 32
 
 # timm's ImageNet statistics: the same normalisation for every dataset keeps the
 # models' input scale independent of the dataset choice.
@@ -80,11 +84,24 @@ class ProxyData:
     :class:`TensorImages`.
     """
 
-    train: Dataset
-    val: Dataset
+    train: TensorImages
+    val: TensorImages
     num_classes: int
     name: str
-    test: Dataset | None = None
+    test: TensorImages | None = None
+
+    def at(self, resolution: int) -> ProxyData:
+        """The same images served at ``resolution`` x ``resolution`` (resampled per item; no copy is stored).
+
+        The proxy trains each architecture at its own input size from one loaded
+        dataset: one uint8 tensor in memory, however many resolutions the search visits.
+
+        >>> images = TensorImages(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.tensor([0, 1]))
+        >>> ProxyData(images, images, 2, "demo").at(48).val[0][0].shape
+        torch.Size([3, 48, 48])
+        """
+        test = None if self.test is None else self.test.at(resolution)
+        return dataclasses.replace(self, train=self.train.at(resolution), val=self.val.at(resolution), test=test)
 
 
 class TensorImages(Dataset):
@@ -93,7 +110,8 @@ class TensorImages(Dataset):
     With ``augment`` (train splits of real datasets) each item is first randomly
     cropped from the image zero-padded by ``min(H, W) // 8`` on every side and
     flipped left-right half the time, drawn from torch's global RNG (seeded by the
-    trainer, so a run stays deterministic).
+    trainer, so a run stays deterministic). With ``size`` each item is then
+    resampled to ``size`` x ``size`` (antialiased bilinear); see :meth:`at`.
 
     Example:
 
@@ -103,12 +121,19 @@ class TensorImages(Dataset):
     (torch.Size([3, 8, 8]), torch.float32, 1)
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, augment: bool = False, size: int | None = None
+    ) -> None:
         self.images = images
         self.labels = labels
         self.augment = augment
+        self.size = None if size == images.shape[-1] == images.shape[-2] else size
         self._mean = torch.tensor(MEAN).view(3, 1, 1)
         self._std = torch.tensor(STD).view(3, 1, 1)
+
+    def at(self, size: int) -> TensorImages:
+        """The same images (shared, not copied), served at ``size`` x ``size``."""
+        return TensorImages(self.images, self.labels, self.augment, size)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -118,6 +143,9 @@ class TensorImages(Dataset):
         if self.augment:
             image = _crop_and_flip(image)
         image = image.to(torch.float32, copy=True).div_(255.0)  # copy: never scale the stored images
+        if self.size is not None:
+            size = (self.size, self.size)
+            image = F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         return (image - self._mean) / self._std, int(self.labels[index])
 
 
@@ -164,6 +192,15 @@ def parse_dataset_spec(text: str) -> DatasetSpec:
     if not rest:
         raise InputError(FIELD, f"{kind} needs a local path: {kind}:PATH (nothing is downloaded)")
     return DatasetSpec(kind, path=rest)
+
+
+def native_resolution(spec: DatasetSpec) -> int | None:
+    """The side in px a dataset's images come in (None for image folders: any size).
+
+    >>> native_resolution(parse_dataset_spec("synthetic")), native_resolution(DatasetSpec("cifar10", "x"))
+    (64, 32)
+    """
+    return {"synthetic": SYNTHETIC_NATIVE, "cifar10": CIFAR_NATIVE, "cifar100": CIFAR_NATIVE}.get(spec.kind)
 
 
 def load_dataset(

@@ -20,7 +20,6 @@ from mvit_nas.data import ProxyData
 from mvit_nas.proxy.spec import ProxyResult, ProxySpec, TrialFailed
 from mvit_nas.proxy.training import (
     StepGuard,
-    _check_resolution,
     _deterministic,
     _device,
     _epoch_generator,
@@ -35,7 +34,8 @@ def evaluate_proxy(
 ) -> ProxyResult:
     """Score ``cfg`` with the proxy ``spec`` describes; raise :class:`TrialFailed` if it cannot.
 
-    ``data`` must hold images at ``spec.resolution``. ``step_guard`` is passed to
+    The proxy runs at ``spec.input_size(cfg.resolution)``: ``data`` is served at
+    that size (:meth:`~mvit_nas.data.ProxyData.at`). ``step_guard`` is passed to
     :func:`train` (the zero-cost proxies enter it once around their single pass).
     A trained proxy's result carries the trained state dict (``weights``).
 
@@ -45,30 +45,33 @@ def evaluate_proxy(
         evaluate_proxy(preset("xxs"), ProxySpec(kind="naswot"), data).score
     """
     started = time.perf_counter()
+    size = spec.input_size(cfg.resolution)
+    data = data.at(size)
     if spec.kind == "train":
         result = train(
-            cfg, data, spec.epochs, spec.resolution, seed=spec.seed, threads=spec.threads,
+            cfg, data, spec.epochs, size, seed=spec.seed, threads=spec.threads,
             batch_size=spec.batch_size, lr=spec.lr, weight_decay=spec.weight_decay,
             warmup_fraction=spec.warmup_fraction, label_smoothing=spec.label_smoothing, device=spec.device,
             progress=False, step_guard=step_guard,
         )  # fmt: skip
         seconds = time.perf_counter() - started
         loss = result.history[-1]["train_loss"]
-        return ProxyResult(result.accuracy, result.accuracy, spec.kind, spec.epochs, seconds, loss, result.weights)
+        return ProxyResult(
+            result.accuracy, result.accuracy, spec.kind, spec.epochs, seconds, loss, size, result.weights
+        )
     device = _device(spec.device)
     guard = step_guard or contextlib.nullcontext
-    _check_resolution(data, spec.resolution)
     with _deterministic(spec.seed, spec.threads, device), guard():
         model = _model(cfg, data.num_classes).to(device)
         if spec.kind == "synflow":
-            score = synflow(model, spec.resolution, device)
+            score = synflow(model, size, device)
         else:
             images, labels = _first_batch(data, spec.batch_size, spec.seed)
             images, labels = images.to(device), labels.to(device)
             score = naswot(model, images) if spec.kind == "naswot" else grad_norm(model, images, labels)
     if not math.isfinite(score):
         raise TrialFailed(f"{spec.kind} score is {score}")
-    return ProxyResult(score, None, spec.kind, 0.0, time.perf_counter() - started, None)
+    return ProxyResult(score, None, spec.kind, 0.0, time.perf_counter() - started, None, size)
 
 
 def _first_batch(data: ProxyData, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -339,7 +339,7 @@ def verify_section(report: VerifyReport) -> list[str]:
         "",
         f"{len(report.models)} models (front points and budget-fitted seeds) trained {report.epochs:g} epochs, "
         f"up to {report.seeds} training seeds each, on {report.dataset} (scored on its held-out validation split) "
-        f"at {report.resolution} px; every job is in `verify.json`, the plot in `verify.png`.",
+        f"at {report.input_size}; every job is in `verify.json`, the plot in `verify.png`.",
         "",
         f"- Kendall tau between the proxy's and the verified ranking: {tau} ({p_value}{len(report.models)} models): "
         "1 means the proxy orders the models as longer training does, 0 that it tells nothing.",

@@ -35,7 +35,7 @@ _LATENCY_COLUMNS = [f"latency_{stat}_ms" for stat in LATENCY_STATS] + ["latency_
 _COLUMNS = [
     *("number", "state", "seed", "config_key", "config", "params", "flops"),
     *_LATENCY_COLUMNS,
-    *(CONSTRAINT, "accuracy", "feasible", "duration_s", "failure", "node", "hardware"),
+    *(CONSTRAINT, "accuracy", "proxy_resolution", "feasible", "duration_s", "failure", "node", "hardware"),
     *("duplicate_of", "retry_of", "datetime_start", "datetime_complete"),
 ]
 
@@ -106,6 +106,7 @@ def _trial_row(trial: FrozenTrial, record: TrialRecord) -> dict[str, Any]:
         **_latency_cells(record.latency),
         CONSTRAINT: trial.constraints.get(CONSTRAINT),
         "accuracy": record.accuracy,  # None when over budget: never trained, not "0 % accurate"
+        "proxy_resolution": record.proxy_resolution,  # the input size the proxy scored the architecture at
         "feasible": feasible,
         "duration_s": record.duration_s,
         "failure": record.failure,

@@ -239,7 +239,7 @@ class VerifyReport:
     epochs: float
     seeds: int
     dataset: str
-    resolution: int
+    input_size: str  # where the models trained, in words (ProxySpec.input_text)
     proxy_kind: str
     models: tuple[VerifiedModel, ...]
     kendall_tau: float | None
@@ -293,7 +293,7 @@ def build_report(records: Sequence[VerifyRecord], study: optuna.Study, settings:
         epochs=records[0].epochs if records else 0.0,
         seeds=max((len(g) for g in groups), default=0),
         dataset=settings.dataset,
-        resolution=settings.proxy.resolution,
+        input_size=settings.proxy.input_text(),
         proxy_kind=settings.proxy.kind,
         models=tuple(models),
         kendall_tau=tau,
