@@ -42,12 +42,13 @@ from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.data import ProxyData
 from mvit_nas.evaluation import Evaluation, WorkerInputs, describe_failure, evaluate
 from mvit_nas.executors import Executor, LocalExecutor, RayExecutor, Shared
+from mvit_nas.latency import Calibration, calibrate, check_available, device_lock
 from mvit_nas.report import front
 from mvit_nas.run import INTERRUPTED, TrialRecord, config_key, is_finished
 from mvit_nas.seeds import FittedSeed, fitted_seeds
 from mvit_nas.settings import DEFAULT_TRIALS, SAMPLERS, RunOptions, SearchSettings
 from mvit_nas.space import SearchSpace
-from mvit_nas.validate import writable_folder
+from mvit_nas.validate import InputError, writable_folder
 
 if TYPE_CHECKING:
     from mvit_nas.predictor import LatencyTable
@@ -94,7 +95,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, record: TrialRecord, budget_
     if record.failure or record.latency is None:
         study.tell(trial, state=TrialState.FAIL)
         return
-    latency_ms = record.latency.median_ms
+    latency_ms = record.latency.judged_ms
     trial.set_constraint(run_folder.CONSTRAINT, latency_ms - budget_ms)
     # An over-budget trial was never trained: accuracy 0 keeps it off every front.
     accuracy = record.accuracy if record.feasible and record.accuracy is not None else 0.0
@@ -134,7 +135,7 @@ class SearchProgress:
         elif record.latency is None:
             outcome = "finished"
         else:
-            outcome = f"{record.latency.median_ms:.2f} ms, " + (
+            outcome = f"{record.latency.judged_ms:.2f} ms, " + (
                 "over budget" if not record.feasible else f"within budget, accuracy {record.accuracy or 0:.4f}"
             )
         where = f"{self.finished} finished, {self.feasible} within budget, front {self.front}"
@@ -306,7 +307,27 @@ def _latency_table(settings: SearchSettings, run_dir: Path) -> LatencyTable | No
     return load_table(settings.latency)  # missing or mismatched: an error before anything is written
 
 
-def _prepare(settings: SearchSettings, run_dir: Path, data: ProxyData | None) -> tuple[optuna.Study, WorkerInputs]:
+def _calibrate(study: optuna.Study, settings: SearchSettings, address: str | None) -> Calibration | None:
+    """Time the reference quietly, now (at every start and resume), and record it in the study.
+
+    None where the driver cannot time the workers' device (a cluster's driver, a predicted
+    run): the workers then calibrate on their own.
+    """
+    if settings.latency_source != "measured" or address is not None:
+        return None
+    try:
+        check_available(settings.latency)
+    except InputError:
+        return None
+    calibration = calibrate(settings.latency, device_lock(settings.latency.device))
+    history = [*study.user_attrs.get(run_folder.CALIBRATIONS_ATTR, []), calibration.to_dict()]
+    study.set_user_attr(run_folder.CALIBRATIONS_ATTR, history)
+    return calibration
+
+
+def _prepare(
+    settings: SearchSettings, run_dir: Path, data: ProxyData | None, address: str | None = None
+) -> tuple[optuna.Study, WorkerInputs]:
     """Create or resume the run folder: its study, and the inputs every evaluation needs."""
     run_folder.check_storage(run_dir)
     if data is None:  # the generated dataset is cached in the run folder, which only the driver reads
@@ -320,11 +341,13 @@ def _prepare(settings: SearchSettings, run_dir: Path, data: ProxyData | None) ->
     study = run_folder.open_study(run_dir)
     # A resumed run's sampler is seeded anew, so that it does not re-propose what the run evaluated.
     study.sampler = settings.make_sampler(resumed_at=len(study.get_trials(deepcopy=False)))
+    calibration = _calibrate(study, settings, address)
     if not study.get_trials(deepcopy=False):
         # Judged here, before any trial starts: a few short measurements, or the run's latency table.
-        _enqueue_seeds(study, settings.search_space(), fitted_seeds(settings, table, data.num_classes))
+        seeds = fitted_seeds(settings, table, data.num_classes, calibration)
+        _enqueue_seeds(study, settings.search_space(), seeds)
     _requeue_interrupted(study)
-    return study, WorkerInputs(data, table)
+    return study, WorkerInputs(data, table, calibration)
 
 
 def search(
@@ -351,5 +374,5 @@ def search(
     run_folder.check_free_space(run_dir)
     writable_folder(run_dir, "--run-dir")
     with run_folder.exclusive(run_dir):
-        study, inputs = _prepare(settings, run_dir, data)
+        study, inputs = _prepare(settings, run_dir, data, run_options.address)
         return _Driver(study, settings, run_dir, inputs, run_options, progress).run()

@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mvit_nas.config import PRESETS, ArchConfig, preset
-from mvit_nas.latency import check_available, device_lock, measure_config
+from mvit_nas.latency import Calibration, check_available, device_lock, measure_config, measure_judged
+from mvit_nas.model import build_model
 from mvit_nas.settings import SearchSettings
 from mvit_nas.space import TRAINING_KNOBS, SearchSpace, knob_values
 from mvit_nas.validate import InputError
@@ -206,11 +207,14 @@ def fit_seeds(
     return fits
 
 
-def seed_latency(settings: SearchSettings, table: LatencyTable | None = None) -> LatencyFunction:
+def seed_latency(
+    settings: SearchSettings, table: LatencyTable | None = None, calibration: Calibration | None = None
+) -> LatencyFunction:
     """The run's latency source as a function of a config: the table's prediction, else a short measurement.
 
-    A measurement holds the device to itself, as a trial's does; :class:`InputError`
-    (``--device``) when this machine cannot measure the run's spec.
+    A measurement holds the device to itself, as a trial's does, and is judged as a
+    trial's is (against the reference, times ``calibration``) when a calibration is
+    given; :class:`InputError` (``--device``) when this machine cannot measure the run's spec.
     """
     if settings.latency_source == "predicted":
         if table is None:
@@ -223,19 +227,23 @@ def seed_latency(settings: SearchSettings, table: LatencyTable | None = None) ->
     def measured(cfg: ArchConfig) -> float:
         spec = dataclasses.replace(base, height=cfg.resolution, width=cfg.resolution, **timing)
         with device_lock(spec.device).exclusive():
+            if calibration is not None:
+                return measure_judged(build_model(cfg), spec, calibration).judged_ms
             return measure_config(cfg, spec).median_ms
 
     return measured
 
 
-def fitted_seeds(settings: SearchSettings, table: LatencyTable | None, num_classes: int) -> list[FittedSeed]:
+def fitted_seeds(
+    settings: SearchSettings, table: LatencyTable | None, num_classes: int, calibration: Calibration | None = None
+) -> list[FittedSeed]:
     """What a new run enqueues after its 256 px seeds: the presets that fit, by the run's latency source.
 
     A driver that cannot measure the run's spec (a cluster's driver without the workers'
     device) warns and fits none: the search runs without them rather than not at all.
     """
     try:
-        latency = seed_latency(settings, table)
+        latency = seed_latency(settings, table, calibration)
     except InputError as error:
         warnings.warn(f"no budget-fitted seeds: this machine cannot measure the run's latency ({error})", stacklevel=2)
         return []

@@ -152,16 +152,36 @@ def test_the_proxy_input_follows_the_architecture_resolution(
     assert {evaluate_proxy(dataclasses.replace(TINY, resolution=r), fixed, data).resolution for r in (64, 96)} == {32}
 
 
-def test_step_guard_wraps_every_step(data: ProxyData) -> None:
-    entered = []
+def test_the_guard_covers_every_step_batch_load_validation_and_model_build(
+    data: ProxyData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mvit_nas.proxy.training as training
+
+    inside, outside, entered = [False], [], []
 
     @contextlib.contextmanager
     def guard() -> Iterator[None]:
         entered.append(True)
-        yield
+        inside[0] = True
+        try:
+            yield
+        finally:
+            inside[0] = False
 
+    def watched(function: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not inside[0]:
+                outside.append(function.__name__)
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(type(data.train), "__getitem__", watched(type(data.train).__getitem__))
+    monkeypatch.setattr(training, "_model", watched(training._model))
+    monkeypatch.setattr(torch.optim.AdamW, "step", watched(torch.optim.AdamW.step))
     train(TINY, data, 1, RESOLUTION, progress=False, step_guard=guard, **FAST)
-    assert len(entered) == len(data.train) // FAST["batch_size"]
+    assert outside == []  # no image loaded, no model built, no step taken outside the guard
+    assert len(entered) >= len(data.train) // FAST["batch_size"] + 1
 
 
 def test_huge_learning_rate_diverges(data: ProxyData) -> None:
@@ -204,19 +224,20 @@ class Interrupt(Exception):
 
 
 def test_resume_gives_the_uninterrupted_result(data: ProxyData, tmp_path: Path) -> None:
-    epochs, steps_per_epoch = 3, len(data.train) // FAST["batch_size"]
+    epochs = 3
     whole = train(TINY, data, epochs, RESOLUTION, progress=False, checkpoint_dir=tmp_path / "whole", **FAST)
 
-    calls = []
+    folder = tmp_path / "resumed"
+    calls_after_first_checkpoint = []
 
     @contextlib.contextmanager
     def die_in_second_epoch() -> Iterator[None]:
-        calls.append(True)
-        if len(calls) == steps_per_epoch + 2:
-            raise Interrupt
+        if (folder / CHECKPOINT_FILE).exists():
+            calls_after_first_checkpoint.append(True)
+            if len(calls_after_first_checkpoint) == 2:  # the second step of epoch 2
+                raise Interrupt
         yield
 
-    folder = tmp_path / "resumed"
     with pytest.raises(Interrupt):
         train(
             TINY,

@@ -57,7 +57,10 @@ def test_small_search_finishes_with_a_front_and_skips_repeated_configs(tmp_path:
     for trial in trials:
         assert trial.state == TrialState.COMPLETE
         assert 0.0 <= trial.user_attrs["accuracy"] <= 1.0
-        assert trial.values[1] == trial.user_attrs["latency"]["median"]
+        latency = trial.user_attrs["latency"]
+        # Judged against the reference: ratio x the run's calibration, with its interval and the raw median beside it.
+        assert trial.values[1] == latency["judged"] == pytest.approx(latency["ratio"] * latency["reference_ms"])
+        assert latency["ratio_low"] <= latency["ratio"] <= latency["ratio_high"] and latency["median"] > 0
         assert trial.user_attrs["latency"]["backend"] == "eager"
         assert trial.user_attrs["proxy_resolution"] == 32  # half the space's 64 px: the proxy follows resolution
     keys = [t.user_attrs["config_key"] for t in trials if "duplicate_of" not in t.user_attrs]

@@ -131,6 +131,11 @@ class TensorImages(Dataset):
         self._mean = torch.tensor(MEAN).view(3, 1, 1)
         self._std = torch.tensor(STD).view(3, 1, 1)
 
+    @property
+    def side(self) -> int:
+        """The side in px of the square images this split serves."""
+        return self.size or int(self.images.shape[-1])
+
     def at(self, size: int) -> TensorImages:
         """The same images (shared, not copied), served at ``size`` x ``size``."""
         return TensorImages(self.images, self.labels, self.augment, size)

@@ -11,6 +11,8 @@ This package's job is to say how fast something runs, the same way every time:
   default), ``eager``, ``cudagraph`` (CUDA default) and ``compile``;
 - :mod:`~mvit_nas.latency.timing`: :class:`Benchmark`, the one timing loop (whole
   models and single blocks alike), with :func:`measure` / :func:`measure_config`;
+- :mod:`~mvit_nas.latency.relative`: :func:`measure_judged`, the candidate timed in
+  alternation with a fixed reference model, judged as ratio x :class:`Calibration`;
 - :mod:`~mvit_nas.latency.lock`: :class:`DeviceLock`, which keeps training off the
   device while a measurement runs.
 
@@ -24,6 +26,15 @@ Example::
 from mvit_nas.latency.backends import Prepared, prepare
 from mvit_nas.latency.lock import DeviceLock, device_key, device_lock
 from mvit_nas.latency.onnx import IMAGE_CHANNELS, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, ort_session
+from mvit_nas.latency.relative import (
+    REFERENCE_NAME,
+    Calibration,
+    calibrate,
+    interleave,
+    measure_judged,
+    reference_model,
+    reference_spec,
+)
 from mvit_nas.latency.spec import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -62,23 +73,30 @@ __all__ = [
     "ONNX_OPSET",
     "OUTPUT_NAME",
     "QUIET_TOLERANCE",
+    "REFERENCE_NAME",
     "WINDOW_MIN_RUNS",
     "WINDOW_SECONDS",
     "Benchmark",
+    "Calibration",
     "DeviceLock",
     "LatencySpec",
     "LatencyStats",
     "Prepared",
     "available_threads",
+    "calibrate",
     "check_available",
     "cpu_name",
     "device_key",
     "device_lock",
     "export_onnx",
     "hardware_name",
+    "interleave",
     "measure",
     "measure_config",
+    "measure_judged",
     "ort_session",
     "prepare",
+    "reference_model",
+    "reference_spec",
     "resolve_spec",
 ]

@@ -121,16 +121,42 @@ class LatencyStats:
     peak_memory_mb: float | None
     discarded: int = 0  # timed runs left out: their window was slowed by other work on the machine
     predicted: bool = False  # from a latency table, not timed (n = 0)
+    # Reference-normalised (see mvit_nas.latency.relative): the run's calibrated reference latency, the
+    # reference's median during this measurement, and the candidate/reference ratio with its 95% interval.
+    reference_ms: float | None = None
+    reference_median_ms: float | None = None
+    ratio: float | None = None
+    ratio_low: float | None = None
+    ratio_high: float | None = None
+    remeasured: bool = False  # the first interval straddled the budget: this is the longer second measurement
+
+    @property
+    def judged_ms(self) -> float:
+        """The latency a budget is judged on: ratio x calibrated reference when measured so, else the median."""
+        if self.ratio is None or self.reference_ms is None:
+            return self.median_ms
+        return self.ratio * self.reference_ms
+
+    @property
+    def judged_interval_ms(self) -> tuple[float, float]:
+        """The 95% interval of :attr:`judged_ms` (the median twice when there is no ratio)."""
+        if self.ratio_low is None or self.ratio_high is None or self.reference_ms is None:
+            return self.median_ms, self.median_ms
+        return self.ratio_low * self.reference_ms, self.ratio_high * self.reference_ms
 
     def to_dict(self) -> dict[str, Any]:
         stats = {key: getattr(self, name) for key, name in _STAT_KEYS.items()}
         record = {**stats, **self.spec.to_dict(), "peak_memory_mb": self.peak_memory_mb, "discarded": self.discarded}
-        return {**record, "predicted": True} if self.predicted else record
+        if self.predicted:
+            record["predicted"] = True
+        if self.ratio is not None:
+            record.update({name: getattr(self, name) for name in _JUDGED_KEYS}, judged=self.judged_ms)
+        return record
 
     @classmethod
     def from_dict(cls, data: Any) -> LatencyStats:
         spec_fields = [field.name for field in dataclasses.fields(LatencySpec)]
-        extra = ("peak_memory_mb", "discarded", "predicted")
+        extra = ("peak_memory_mb", "discarded", "predicted", "judged", *_JUDGED_KEYS)
         check_keys("latency", data, [*spec_fields, *_STAT_KEYS, *extra], _STAT_KEYS)
         spec = LatencySpec.from_dict({key: value for key, value in data.items() if key in spec_fields})
         stats = {name: data[key] for key, name in _STAT_KEYS.items()}
@@ -140,7 +166,11 @@ class LatencyStats:
             peak_memory_mb=data.get("peak_memory_mb"),
             discarded=data.get("discarded", 0),
             predicted=bool(data.get("predicted", False)),
+            **{name: data[name] for name in _JUDGED_KEYS if name in data},
         )
+
+
+_JUDGED_KEYS = ("reference_ms", "reference_median_ms", "ratio", "ratio_low", "ratio_high", "remeasured")
 
 
 def available_threads() -> int:

@@ -75,6 +75,30 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@contextmanager
+def _pinned(threads: int) -> Iterator[None]:
+    """Keep this thread (and the threads it starts) on ``threads`` fixed cores of those it may use, where the OS
+    allows: a measurement's threads then do not migrate between cores mid-run. The last cores are chosen, as
+    processes started later tend to be placed on the first ones."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, allowed[-threads:])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+@contextmanager
+def timing_context(spec: LatencySpec, lock: DeviceLock | None = None) -> Iterator[None]:
+    """What every timed run holds: the device lock (if given), the spec's threads pinned, no autograd, no GC."""
+    exclusive = lock.exclusive() if lock is not None else nullcontext()
+    with exclusive, _pinned(spec.threads), _torch_threads(spec.threads), torch.inference_mode(), _gc_paused():
+        yield
+
+
 # --- peak memory -----------------------------------------------------------------------
 
 
@@ -158,7 +182,7 @@ class Benchmark:
         # A private generator: measuring must not move the caller's random stream (seeded training).
         generator = torch.Generator().manual_seed(0)
         self._input = torch.randn((spec.batch_size, *shape), generator=generator).to(device=spec.device, dtype=dtype)
-        with _torch_threads(spec.threads):
+        with _pinned(spec.threads), _torch_threads(spec.threads):  # pool threads start on the pinned cores
             self._prepared = prepare(self._model, self._input, spec)
             self.peak_memory_mb = self._peak_memory_mb() if peak_memory else None
 
@@ -198,10 +222,7 @@ class Benchmark:
         timed = self._timer()
         samples: list[float] = []
         window_starts = [0]
-        for _ in range(spec.warmup):
-            self._prepared.run()
-        if spec.device == "cuda":
-            torch.cuda.synchronize()
+        self.warm_up()
         started = window_started = time.perf_counter()
         while len(samples) < spec.max_repeats:
             samples.append(timed())
@@ -216,6 +237,18 @@ class Benchmark:
                 break
         return samples, window_starts
 
+    def warm_up(self) -> None:
+        """The spec's warm-up runs (call inside :func:`timing_context`)."""
+        for _ in range(self.spec.warmup):
+            self._prepared.run()
+        if self.spec.device == "cuda":
+            torch.cuda.synchronize()
+
+    def block(self, runs: int) -> list[float]:
+        """``runs`` timed runs in milliseconds, no warm-up: one block of an interleaved measurement."""
+        timed = self._timer()
+        return [timed() for _ in range(runs)]
+
     def run(self, lock: DeviceLock | None = None) -> LatencyStats:
         """Warm up, then time until both ``min_repeats`` and ``min_seconds`` are reached (at most ``max_repeats``).
 
@@ -227,8 +260,7 @@ class Benchmark:
         and if they are the majority, timing goes on (up to 3x ``min_seconds``) to
         find quiet ones.
         """
-        exclusive = lock.exclusive() if lock is not None else nullcontext()
-        with exclusive, _torch_threads(self.spec.threads), torch.inference_mode(), _gc_paused():
+        with timing_context(self.spec, lock):
             samples, window_starts = self._time()
         kept = _quiet_runs(samples, window_starts)
         times = np.asarray(kept)

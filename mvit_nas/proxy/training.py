@@ -76,10 +76,9 @@ def _device(name: str) -> torch.device:
 
 
 def _check_resolution(data: ProxyData, resolution: int) -> None:
-    size = tuple(data.val[0][0].shape[-2:])
-    if size != (resolution, resolution):
+    if data.val.side != resolution:
         raise InputError(
-            "--resolution", f"the dataset was loaded at {size[0]}x{size[1]}, not {resolution}; load it at {resolution}"
+            "--resolution", f"the dataset is served at {data.val.side} px, not {resolution}; serve it with data.at()"
         )
 
 
@@ -114,13 +113,19 @@ def _plan(epochs: float, train_size: int, batch_size: int) -> list[int]:
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, data: ProxyData, device: torch.device) -> float:
-    """Top-1 accuracy of ``model`` on ``data.val``."""
+def _accuracy(model: nn.Module, data: ProxyData, device: torch.device, guard: StepGuard) -> float:
+    """Top-1 accuracy of ``model`` on ``data.val``, each batch (loaded and scored) inside ``guard()``."""
     model.eval()
     correct = 0
-    for images, labels in DataLoader(data.val, batch_size=EVAL_BATCH):
-        logits = model(images.to(device))
-        correct += int((logits.argmax(1).cpu() == labels).sum())
+    batches = iter(DataLoader(data.val, batch_size=EVAL_BATCH))
+    while True:
+        with guard():
+            batch = next(batches, None)
+            if batch is None:
+                break
+            images, labels = batch
+            logits = model(images.to(device))
+            correct += int((logits.argmax(1).cpu() == labels).sum())
     return correct / len(data.val)
 
 
@@ -140,11 +145,20 @@ class _Loop:
     step: int = 0
 
     def epoch(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], bar: _ProgressBar, number: int) -> float:
-        """Run one optimisation step per batch; the mean training loss."""
+        """Run one optimisation step per batch; the mean training loss.
+
+        The guard covers each batch's loading (decoding, augmentation, resampling) as
+        well as its step: all of it is compute that would slow a latency measurement.
+        """
         self.model.train()
         losses = []
-        for images, labels in batches:
+        batch_iterator = iter(batches)
+        while True:
             with self.guard():
+                batch = next(batch_iterator, None)
+                if batch is None:
+                    break
+                images, labels = batch
                 loss = self.criterion(self.model(images.to(self.device)), labels.to(self.device))
                 value = loss.item()
                 if not math.isfinite(value):
@@ -218,7 +232,8 @@ def train(
     ``model.pt`` in timm's layout. ``init_state_dict`` (timm layout) starts from
     trained weights: every tensor that matches in name and shape is loaded, and the
     classifier is re-initialised when the class count differs. ``step_guard()`` is
-    entered around each optimisation step. A NaN or infinite loss raises
+    entered around every piece of compute: building the model, each training batch
+    (loading it and its step), each validation batch. A NaN or infinite loss raises
     :class:`TrialFailed`. The result carries the trained state dict (``weights``).
 
     ``data`` must hold images at ``resolution`` (load it with that resolution).
@@ -232,11 +247,13 @@ def train(
     _check_resolution(data, resolution)
     torch_device = _device(device)
     checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+    guard = step_guard or contextlib.nullcontext
     with _deterministic(seed, threads, torch_device):
-        model = _model(cfg, data.num_classes)
-        if init_state_dict is not None:
-            _load_init(model, init_state_dict)
-        loop = _start(model, torch_device, sum(plan), settings, step_guard or contextlib.nullcontext)
+        with guard():  # building and moving the model is compute too
+            model = _model(cfg, data.num_classes)
+            if init_state_dict is not None:
+                _load_init(model, init_state_dict)
+            loop = _start(model, torch_device, sum(plan), settings, guard)
         fingerprint = _fingerprint(cfg, data, **settings)
         history: list[dict[str, float]] = []
         if checkpoint is not None:
@@ -270,7 +287,7 @@ def _train_epoch(
         "epochs_done": loop.step / (len(data.train) // batch_size),
         "steps": loop.step,
         "train_loss": train_loss,
-        "val_accuracy": _accuracy(loop.model, data, loop.device),
+        "val_accuracy": _accuracy(loop.model, data, loop.device, loop.guard),
         "lr": loop.scheduler.get_last_lr()[0],
         "seconds": time.perf_counter() - started,
     }
