@@ -15,7 +15,15 @@ from mvit_nas.data import ALLOWED as DATASETS
 from mvit_nas.pipeline import train_run
 from mvit_nas.proxy import KINDS as PROXIES
 from mvit_nas.proxy import ProxySpec
-from mvit_nas.settings import DEFAULT_TRIALS, DEFAULT_WORKERS, LATENCY_SOURCES, SAMPLERS, RunOptions, SearchSettings
+from mvit_nas.settings import (
+    DEFAULT_TRIALS,
+    DEFAULT_WORKERS,
+    LATENCY_SOURCES,
+    SAMPLERS,
+    SEARCH_THREADS,
+    RunOptions,
+    SearchSettings,
+)
 from mvit_nas.validate import InputError
 from mvit_nas.verify import EPOCHS_FACTOR, verify_run
 
@@ -49,14 +57,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_device_args(parser: argparse.ArgumentParser) -> None:
+def _add_device_args(parser: argparse.ArgumentParser, threads_default: str = "all cores") -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument(
         "--backend",
         default="auto",
         help="auto | eager | onnxruntime | cudagraph | compile (default: onnxruntime on CPU, cudagraph on CUDA)",
     )
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads for latency (default: all cores)")
+    parser.add_argument("--threads", type=_positive_int, help=f"CPU threads for latency (default: {threads_default})")
 
 
 def _add_cluster_args(parser: argparse.ArgumentParser, unit: str, workers: int, gpus: float) -> None:
@@ -169,7 +177,8 @@ def _cmd_latency_table_build(args: argparse.Namespace) -> None:
     from mvit_nas.predictor import build_table, default_table_path
     from mvit_nas.space import load_space
 
-    spec = resolve_spec(device=args.device, backend=args.backend, batch_size=args.batch_size, threads=args.threads)
+    threads = SEARCH_THREADS if args.threads is None else args.threads  # the table serves searches
+    spec = resolve_spec(device=args.device, backend=args.backend, batch_size=args.batch_size, threads=threads)
     space = load_space(args.space)
     table = build_table(spec, space)
     path = table.save(args.out or default_table_path(spec))
@@ -212,9 +221,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
         return 130
     for row in result.front_latency:
+        verdict = "fits" if row.dropped is None else "DROPPED from the front: over budget"
         print(
-            f"front trial {row.trial}: predicted {row.predicted_ms:.2f} ms, "
-            f"measured {row.measured_ms:.2f} ms ({row.error_pct:+.1f}%)"
+            f"front trial {row.trial}: searched at {row.search_ms:.2f} ms, re-measured {row.measured_ms:.2f} ms "
+            f"({row.low_ms:.2f}-{row.high_ms:.2f}); {verdict}"
         )
     front = f"Pareto front: {result.export.front_size} points within {args.budget_ms:g} ms"
     print(f"{result.outcome.finished} trials in {result.run_dir}; {front}")
@@ -287,7 +297,7 @@ def _add_search_parser(commands: Any) -> None:
         type=float,
         help="fail a trial not finished this many seconds after it was submitted (worker start and retry included)",
     )
-    _add_device_args(search)
+    _add_device_args(search, threads_default=f"{SEARCH_THREADS}: workers share the cores")
     search.add_argument("--dataset", default=_SEARCH["dataset"], help=f"{DATASETS} (default: {_SEARCH['dataset']})")
     search.add_argument("--proxy", default=_PROXY["kind"], help=f"{' | '.join(PROXIES)} (default: {_PROXY['kind']})")
     search.add_argument("--epochs", type=float, help="proxy training epochs (default: the proxy's own)")
@@ -364,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     latency_table = commands.add_parser("latency-table", help="per-device latency predictor tables")
     table_commands = latency_table.add_subparsers(dest="table_command", required=True, parser_class=_Parser)
     build = table_commands.add_parser("build", help="measure building blocks here and fit the predictor")
-    _add_device_args(build)
+    _add_device_args(build, threads_default=f"{SEARCH_THREADS}, as a search measures")
     build.add_argument("--batch-size", type=_positive_int, default=1)
     build.add_argument("--space", help="search space YAML whose blocks to measure (default: the bundled one)")
     build.add_argument("--out", help="table file (default: results/latency_tables/<device>-<backend>-<threads>t.json)")

@@ -1,6 +1,6 @@
 """The pipelines behind the CLI commands that chain stages: search then front then exports; a config's training.
 
-``run_search``: the search, the front measured (predicted-latency runs), the verification
+``run_search``: the search, the front re-measured (:mod:`mvit_nas.recheck`), the verification
 (``RunOptions.verify_epochs``), the exports.
 ``train_run``: a config file trained on a dataset, from optional initial weights.
 
@@ -14,34 +14,20 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvit_nas import run as run_folder
-from mvit_nas.atomic import write_text
 from mvit_nas.config import load_config
 from mvit_nas.data import load_dataset, parse_dataset_spec
-from mvit_nas.latency import available_threads, measure_config, resolve_spec
+from mvit_nas.latency import available_threads, resolve_spec
 from mvit_nas.proxy import TrainResult, read_state_dict, train
-from mvit_nas.report import ExportResult, export_run, front
-from mvit_nas.run import TrialRecord
+from mvit_nas.recheck import FrontLatency, check_front
+from mvit_nas.report import ExportResult, export_run
 from mvit_nas.search import SearchOutcome, SearchProgress, search
 from mvit_nas.settings import RunOptions, SearchSettings
 from mvit_nas.validate import InputError, check_int
 from mvit_nas.verify import VerifyProgress, VerifyReport, verify_run
-
-
-@dataclass(frozen=True)
-class FrontLatency:
-    """A front point of a predicted-latency run, measured on the device at the end."""
-
-    trial: int
-    predicted_ms: float
-    measured_ms: float
-    error_pct: float
-    within_budget: bool
 
 
 @dataclass(frozen=True)
@@ -60,29 +46,6 @@ def default_run_dir(settings: SearchSettings) -> Path:
     return Path("results") / f"search-{settings.budget_ms:g}ms-seed{settings.seed}"
 
 
-def measure_front(run_dir: str | Path) -> list[FrontLatency]:
-    """Measure every front point directly and write ``front_latency.json`` (predicted next to measured).
-
-    A search with ``latency_source="predicted"`` never measures during the search;
-    this is where its front meets the device.
-    """
-    run_dir = Path(run_dir)
-    settings = run_folder.load_settings(run_dir)
-    rows = []
-    for trial in front(run_folder.read_study(run_dir)):
-        record = TrialRecord.of(trial)
-        assert record.config is not None and record.latency is not None  # a front point was evaluated
-        cfg = record.config
-        spec = dataclasses.replace(settings.latency, height=cfg.resolution, width=cfg.resolution)
-        measured = measure_config(cfg, spec).median_ms
-        predicted = record.latency.median_ms
-        error_pct = 100 * (predicted - measured) / measured
-        rows.append(FrontLatency(trial.number, predicted, measured, error_pct, measured <= settings.budget_ms))
-    text = json.dumps([dataclasses.asdict(row) for row in rows], indent=2) + "\n"
-    write_text(run_dir / run_folder.FRONT_LATENCY_FILE, text)
-    return rows
-
-
 def run_search(
     settings: SearchSettings,
     run_dir: str | Path | None = None,
@@ -90,7 +53,8 @@ def run_search(
     progress: Callable[[SearchProgress], None] | None = None,
     verify_progress: Callable[[VerifyProgress], None] | None = None,
 ) -> SearchRun:
-    """Search (or resume), then measure a predicted front, then verify (``options.verify_epochs``), then export
+    """Search (or resume), then re-measure the front (dropping what no longer fits), then verify
+    (``options.verify_epochs``), then export
     tables, plot, summary and configs.
 
     ``run_dir`` defaults to :func:`default_run_dir`. An interrupted search (Ctrl-C)
@@ -103,7 +67,7 @@ def run_search(
     outcome = search(settings, run_dir, options.trials, progress=progress, **fields)
     if outcome.interrupted:
         return SearchRun(run_dir, outcome, (), None)
-    measured = measure_front(run_dir) if settings.latency_source == "predicted" else []
+    measured = check_front(run_dir)
     verification = None
     if options.verify_epochs is not None:  # before the export, so that summary.md includes it
         executor = {"workers": options.workers, "address": options.address, "executor": options.executor}

@@ -297,6 +297,8 @@ def read_study(run_dir: Path) -> optuna.Study:
     finally:
         optuna.logging.set_verbosity(verbosity)
     snapshot.add_trials(sorted(trials, key=lambda t: t.number))
+    for key, value in study.user_attrs.items():  # the run's calibrations, the front's drops
+        snapshot.set_user_attr(key, value)
     # Numbers are the contract (file names, duplicate_of); a snapshot that renumbered would be wrong.
     if [t.number for t in snapshot.get_trials(deepcopy=False)] != sorted(t.number for t in trials):
         raise RuntimeError(f"{storage_file}: trial numbers are not contiguous; cannot snapshot the study")

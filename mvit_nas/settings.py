@@ -43,6 +43,10 @@ SAMPLERS: dict[str, Callable[[int], optuna.samplers.BaseSampler]] = {
 LATENCY_SOURCES = ("measured", "predicted")  # measured per trial, or predicted from the device's latency table
 EXECUTORS = ("ray", "local")  # Ray tasks, or in-process one at a time (tests, benchmarks, no Ray)
 DEFAULT_TRIALS = 24
+# A search's latency threads: one. Its workers share the cores with each other's training, and a
+# second thread at batch 1 buys little (MobileViT-XS 160 px: 8.9 ms at 1 thread, 8.5 ms at 2, idle)
+# while it makes a measurement hostage to the other core (benchmarks/latency_repeatability.py).
+SEARCH_THREADS = 1
 DEFAULT_WORKERS = 2
 
 
@@ -81,10 +85,12 @@ class SearchSettings:
     ) -> SearchSettings:
         """Settings from user choices (``auto`` allowed, a space file's path), as ``mvit-nas search`` takes them.
 
+        Latency is measured at ``threads`` CPU threads, :data:`SEARCH_THREADS` unless given.
         The proxy trains on the device latency is measured on. ``here=False``: the trials run
         on a cluster's workers, so this machine need not have the device. ``fields`` are the
         other fields (``dataset``, ``sampler``, ``seed``, ``latency_source``).
         """
+        threads = SEARCH_THREADS if threads is None else threads
         latency = resolve_spec(device=device, backend=backend, threads=threads, here=here)
         proxy_spec = ProxySpec(kind=proxy, seed=fields.get("seed", 0), device=latency.device, scale=proxy_scale)
         if epochs is not None:

@@ -158,7 +158,7 @@ def test_space_command_counts_and_confirms_seeds(capsys: pytest.CaptureFixture[s
     assert "inside the space" in capsys.readouterr().out
 
 
-SEARCH_BASE = ["search", "--trials", "2", "--backend", "eager"]
+SEARCH_BASE = ["search", "--trials", "2", "--backend", "eager", "--proxy-scale", "0.25"]
 
 
 def _space_file(tmp_path: Path, stage_change: dict[str, object]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,13 +20,17 @@ from torch import nn
 
 from mvit_nas import ArchConfig, MobileViTStageConfig, MV2StageConfig, build_model, preset
 from mvit_nas.latency import (
+    Calibration,
     DeviceLock,
     LatencySpec,
     LatencyStats,
     backends,
+    calibrate,
     export_onnx,
     measure,
     measure_config,
+    measure_judged,
+    relative,
     resolve_spec,
     timing,
 )
@@ -393,3 +398,80 @@ def test_every_onnx_runtime_session_the_package_creates_has_spinning_off(monkeyp
     for options in created:
         for pool in ("intra_op", "inter_op"):
             assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"
+
+
+# --- reference-normalised measurement -----------------------------------------------------
+
+
+def test_a_judged_measurement_records_the_reference_the_ratio_and_its_interval() -> None:
+    spec = resolve_spec(device="cpu", backend="eager", height=32, **FAST)
+    calibration = Calibration(reference_ms=2.0, spec=spec)
+    wide, narrow = nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(3, 4, 1)
+    stats = measure_judged(wide, spec, calibration, reference=narrow)
+    assert stats.reference_ms == 2.0 and stats.reference_median_ms is not None and stats.reference_median_ms > 0
+    assert stats.ratio is not None and stats.ratio_low is not None and stats.ratio_high is not None
+    assert stats.ratio_low <= stats.ratio <= stats.ratio_high
+    assert stats.ratio > 1  # 64 output channels of 3x3 take longer than 4 of 1x1
+    assert stats.judged_ms == pytest.approx(stats.ratio * 2.0)
+    low, high = stats.judged_interval_ms
+    assert low <= stats.judged_ms <= high and stats.median_ms > 0 and stats.n >= 10 * relative.BLOCK_RUNS
+    record = json.loads(json.dumps(stats.to_dict()))
+    assert record["judged"] == pytest.approx(stats.judged_ms) and LatencyStats.from_dict(record) == stats
+
+
+def test_interleaved_candidates_share_the_reference_rounds() -> None:
+    spec = resolve_spec(device="cpu", backend="eager", height=32, **FAST)
+    calibration = Calibration(reference_ms=1.0, spec=spec)
+    candidates = [timing.Benchmark(nn.Conv2d(3, c, 3), spec, peak_memory=False) for c in (4, 32)]
+    reference = timing.Benchmark(nn.Conv2d(3, 8, 3), spec, peak_memory=False)
+    small, large = relative.interleave(candidates, reference, calibration, seconds=0.0)
+    assert small.n == large.n == relative.MIN_ROUNDS * relative.BLOCK_RUNS
+    assert small.reference_median_ms == large.reference_median_ms  # one reference, timed in the same rounds
+
+
+def test_calibration_times_the_reference_model_and_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    timed = []
+    monkeypatch.setattr(relative, "reference_model", lambda: timed.append(True) or nn.Conv2d(3, 4, 1))
+    spec = resolve_spec(device="cpu", backend="eager", height=64, **FAST)
+    calibration = calibrate(spec)
+    assert timed and calibration.reference_ms > 0 and calibration.spec.height == relative.REFERENCE_SIZE
+    assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
+
+
+def _judged(low_ms: float, high_ms: float, spec: LatencySpec) -> LatencyStats:
+    mid = (low_ms + high_ms) / 2
+    return LatencyStats(mid, mid, mid, mid, 50, spec, None, reference_ms=1.0, ratio=mid, ratio_low=low_ms,
+                        ratio_high=high_ms)  # fmt: skip
+
+
+@pytest.mark.parametrize(("low", "high", "remeasured"), [(4.8, 5.2, True), (4.0, 4.5, False), (5.5, 6.0, False)])
+def test_a_trial_whose_interval_straddles_the_budget_is_measured_again_for_longer(
+    low: float, high: float, remeasured: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import mvit_nas.evaluation as evaluation
+
+    spec = resolve_spec(device="cpu", backend="eager", height=64, **(FAST | {"min_seconds": 0.5}))
+    calls: list[float | None] = []
+
+    def fake(_model: nn.Module, _spec: LatencySpec, _calibration: Calibration, **kwargs: Any) -> LatencyStats:
+        calls.append(kwargs.get("seconds"))
+        return _judged(low, high, spec) if len(calls) == 1 else _judged(5.05, 5.1, spec)
+
+    monkeypatch.setattr(evaluation, "measure_judged", fake)
+    monkeypatch.setattr("mvit_nas.latency.lock.lock_dir", lambda: tmp_path)
+    stats = evaluation.judge_latency(tiny_config(), spec, 5.0, Calibration(1.0, spec))
+    assert stats.remeasured is remeasured
+    assert calls == ([None, evaluation.STRADDLE_SECONDS_FACTOR * 0.5] if remeasured else [None])
+    if remeasured:
+        assert stats.judged_ms == pytest.approx(5.075)  # the longer measurement decides
+
+
+def test_timing_pins_the_measuring_thread_and_restores_its_cores() -> None:
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this OS")
+    allowed = os.sched_getaffinity(0)
+    spec = resolve_spec(device="cpu", backend="eager", height=32, **FAST)
+    seen = []
+    with timing.timing_context(spec):
+        seen.append(os.sched_getaffinity(0))
+    assert seen == [set(sorted(allowed)[-1:])] and os.sched_getaffinity(0) == allowed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import signal
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 
 from mvit_nas import InputError, preset
 from mvit_nas.faults import FAULT_ENV
+from mvit_nas.latency.lock import HOLD_LOG_ENV
 from mvit_nas.run import LOCK_FILE, is_finished, open_study
 from mvit_nas.search import _requeue_interrupted, search
 from mvit_nas.settings import SearchSettings
@@ -184,7 +186,7 @@ def test_local_ray_search_listens_on_loopback_only(tmp_path: Path) -> None:
     before = _listeners()
     run_dir = tmp_path / "run"
     command = [
-        *("mvit-nas", "search", "--budget-ms", "1000", "--space", str(_write_space(tmp_path))),
+        *("mvit-nas", "search", "--budget-ms", "1000", "--proxy-scale", "0.25", "--space", str(_write_space(tmp_path))),
         *("--trials", "6", "--epochs", "0.01", "--backend", "eager", "--run-dir", str(run_dir)),
     ]
     search_process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -276,3 +278,28 @@ def test_what_optuna_dashboard_shows_of_an_over_budget_trial(tmp_path: Path) -> 
         assert trial.system_attrs.get("constraints", []) == []  # the dashboard's own read
         assert trial.user_attrs["feasible"] is False and trial.user_attrs["accuracy"] is None
         assert trial.values[0] == 0.0  # plotted at accuracy 0: never trained
+
+
+@pytest.mark.slow
+def test_in_a_two_worker_search_no_measurement_overlaps_another_process_compute(tmp_path: Path) -> None:
+    log = tmp_path / "holds.jsonl"
+    command = [
+        *("mvit-nas", "search", "--budget-ms", "1000", "--proxy-scale", "0.25", "--space", str(_write_space(tmp_path))),
+        *("--trials", "6", "--epochs", "0.05", "--backend", "eager", "--workers", "2"),
+        *("--run-dir", str(tmp_path / "run")),
+    ]
+    env = {**os.environ, HOLD_LOG_ENV: str(log)}
+    finished = subprocess.run(command, capture_output=True, text=True, env=env, timeout=400)
+    assert finished.returncode == 0, finished.stderr
+    holds = [json.loads(line) for line in log.read_text().splitlines()]
+    measurements = [h for h in holds if h["kind"] == "exclusive"]
+    compute = [h for h in holds if h["kind"] == "shared"]
+    assert len({h["pid"] for h in compute}) >= 2, "two workers should have trained"
+    assert len(measurements) >= 6  # the calibration, the trials, the front's re-measurement
+    overlaps = [
+        (m, c)
+        for m in measurements
+        for c in compute
+        if c["pid"] != m["pid"] and c["start"] < m["end"] and m["start"] < c["end"]
+    ]
+    assert not overlaps, f"a measurement overlapped another process's compute: {overlaps[:3]}"

@@ -25,7 +25,7 @@ On a run's study::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,27 +35,61 @@ import optuna
 from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
-from mvit_nas.run import TrialRecord, is_feasible
+from mvit_nas.run import FRONT_DROPPED_ATTR, TrialRecord, is_feasible
 from mvit_nas.seeds import preset_of
 
-__all__ = ["SEEDS", "fitted_seed_trials", "front", "hypervolume", "seed_dominance", "seed_trials"]
+__all__ = [
+    "SEEDS",
+    "dropped",
+    "fitted_seed_trials",
+    "front",
+    "hypervolume",
+    "non_dominated",
+    "seed_dominance",
+    "seed_trials",
+]
 
 SEEDS = ("xxs", "xs", "s")
+
+
+def non_dominated(points: Mapping[int, tuple[float, float]]) -> list[int]:
+    """The keys of ``points`` (accuracy up, latency down) no other point dominates, fastest first."""
+
+    def dominated(a: tuple[float, float]) -> bool:
+        return any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in points.values())
+
+    return sorted((k for k, p in points.items() if not dominated(p)), key=lambda k: (points[k][1], k))
+
+
+def dropped(study: optuna.Study) -> dict[int, str]:
+    """The trials the final re-measurement dropped from the front, with why (see :mod:`mvit_nas.recheck`)."""
+    return {int(number): reason for number, reason in study.user_attrs.get(FRONT_DROPPED_ATTR, {}).items()}
 
 
 def front(study: optuna.Study) -> list[FrozenTrial]:
     """The feasible Pareto front, one trial per architecture, sorted by latency (fastest first).
 
-    ``study.best_trials`` already drops infeasible trials; a configuration
-    evaluated twice (a duplicate reuses the original's values) would appear
-    twice, so only the earliest trial of each configuration (by ``config_key``)
-    is kept.
+    Without drops it is ``study.best_trials`` (Optuna drops infeasible trials);
+    trials the final re-measurement found over budget (:func:`dropped`) are left out
+    and the front is taken over the rest. A configuration evaluated twice (a
+    duplicate reuses the original's values) would appear twice, so only the
+    earliest trial of each configuration (by ``config_key``) is kept.
 
     Example::
 
         [t.number for t in front(study)]  # e.g. [7, 3, 12]
     """
-    trials = sorted((t for t in study.best_trials if is_feasible(t)), key=lambda t: t.number)
+    gone = dropped(study)
+    if gone:
+        rest = {
+            t.number: t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.number not in gone and is_feasible(t)
+        }
+        best = [rest[n] for n in non_dominated({n: (t.values[0], t.values[1]) for n, t in rest.items()})]
+    else:
+        best = study.best_trials
+    trials = sorted((t for t in best if is_feasible(t)), key=lambda t: t.number)
     unique: dict[Any, FrozenTrial] = {}
     for trial in trials:
         key = TrialRecord.of(trial).config_key or ("trial", trial.number)

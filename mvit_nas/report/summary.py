@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from mvit_nas.report.front import SEEDS, fitted_seed_trials, hypervolume, seed_dominance, seed_trials
+from mvit_nas.report.front import SEEDS, dropped, fitted_seed_trials, hypervolume, seed_dominance, seed_trials
 from mvit_nas.report.tables import accuracy_scale, markdown_table, spec_text
 from mvit_nas.report.verification import BEATS, VerifyReport
 from mvit_nas.run import INTERRUPTED, TrialRecord, is_feasible, is_finished
@@ -131,6 +131,11 @@ def _front_section(
 ) -> list[str]:
     budget_ms = settings.budget_ms
     lines = ["## Pareto front", ""]
+    gone = dropped(study)
+    if gone:
+        lines += ["Dropped from the front by its final re-measurement (`front_latency.json` has every point's):", ""]
+        lines += [f"- trial {number}: {reason}" for number, reason in sorted(gone.items())]
+        lines.append("")
     if not front_trials:
         return [*lines, f"The front is empty: {_empty_front_reason(study, budget_ms)}.", ""]
     scale, unit = accuracy_scale(settings)

@@ -47,7 +47,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from mvit_nas.report.front import fitted_seed_trials, front
+from mvit_nas.report.front import fitted_seed_trials, front, non_dominated
 from mvit_nas.run import VERIFY_FILE, is_feasible, load_settings, read_study
 from mvit_nas.settings import SearchSettings
 from mvit_nas.validate import InputError, first_line
@@ -130,15 +130,6 @@ def verdict(gain: float, threshold: float | None, latency_saved_ms: float) -> st
     if gain < 0:
         return "less accurate"
     return BEATS if latency_saved_ms >= 0 else "more accurate but slower"
-
-
-def non_dominated(points: Mapping[int, tuple[float, float]]) -> list[int]:
-    """The keys of ``points`` (accuracy up, latency down) no other point dominates, fastest first."""
-
-    def dominated(a: tuple[float, float]) -> bool:
-        return any(b[0] >= a[0] and b[1] <= a[1] and b != a for b in points.values())
-
-    return sorted((k for k, p in points.items() if not dominated(p)), key=lambda k: (points[k][1], k))
 
 
 def kendall(proxy: Sequence[float], verified: Sequence[float]) -> tuple[float | None, float | None]:

@@ -47,7 +47,16 @@ def test_a_second_search_command_on_a_busy_run_is_refused_naming_the_run(tmp_pat
 
         # The second: the CLI, same folder.
         command = [
-            *("mvit-nas", "search", "--budget-ms", "1000", "--space", str(write_space(tmp_path / "tiny.yaml"))),
+            *(
+                "mvit-nas",
+                "search",
+                "--budget-ms",
+                "1000",
+                "--proxy-scale",
+                "0.25",
+                "--space",
+                str(write_space(tmp_path / "tiny.yaml")),
+            ),
             *("--trials", "3", "--epochs", "0.01", "--backend", "eager", "--workers", "1", "--run-dir", str(run_dir)),
         ]
         second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)

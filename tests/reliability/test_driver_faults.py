@@ -178,7 +178,16 @@ def ctrl_c_run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str
     run_dir = seed_run_dir(folder / "run", data)
     requested = 6
     command = [
-        *("mvit-nas", "search", "--budget-ms", "1000", "--space", str(write_space(folder / "tiny.yaml"))),
+        *(
+            "mvit-nas",
+            "search",
+            "--budget-ms",
+            "1000",
+            "--proxy-scale",
+            "0.25",
+            "--space",
+            str(write_space(folder / "tiny.yaml")),
+        ),
         *("--trials", str(requested), "--epochs", "0.01", "--backend", "eager", "--threads", "1"),
         *("--workers", "2", "--run-dir", str(run_dir)),
     ]

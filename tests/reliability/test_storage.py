@@ -85,7 +85,9 @@ def test_cli_search_on_a_corrupted_run_exits_2_with_one_line(
     run_dir = _run_with_study_file(tmp_path / "run", study, b"SQLite format 3\x00" + b"\xff" * 4000)
     before = file_hashes(run_dir)
     space = write_space(tmp_path / "tiny.yaml")
-    status = main(["search", "--budget-ms", "1000", "--space", str(space), "--run-dir", str(run_dir)])
+    status = main(
+        ["search", "--budget-ms", "1000", "--proxy-scale", "0.25", "--space", str(space), "--run-dir", str(run_dir)]
+    )
     err = capsys.readouterr().err
     assert status == 2, err
     assert err.count("\n") == 1 and err.startswith("mvit-nas search: error: --run-dir: "), err
@@ -197,7 +199,19 @@ def test_new_run_under_a_read_only_folder_is_refused(tmp_path: Path, capsys: pyt
     parent.mkdir()
     space = write_space(tmp_path / "tiny.yaml")
     with _read_only(parent):
-        status = main(["search", "--budget-ms", "1000", "--space", str(space), "--run-dir", str(parent / "run")])
+        status = main(
+            [
+                "search",
+                "--budget-ms",
+                "1000",
+                "--proxy-scale",
+                "0.25",
+                "--space",
+                str(space),
+                "--run-dir",
+                str(parent / "run"),
+            ]
+        )
         err = capsys.readouterr().err
         assert status == 2, err
         assert err.count("\n") == 1 and err.startswith("mvit-nas search: error: --run-dir: cannot create"), err
