@@ -30,6 +30,7 @@ SUITE = (
     "latency_repeatability",
     "latency_under_load",
     "proxy_fidelity",
+    "proxy_fidelity_real",
     "search_efficiency",
     "scaling",
     "vs_timm",
@@ -41,9 +42,10 @@ REPO = RESULTS_DIR.parent.parent
 MEASURES: dict[str, tuple[str, ...]] = {
     "cost": ("mvit_nas/cost.py", "mvit_nas/config.py", "mvit_nas/model.py"),
     "latency_predictor": ("mvit_nas/latency", "mvit_nas/predictor", "mvit_nas/model.py", "mvit_nas/config.py"),
-    "latency_repeatability": ("mvit_nas/latency", "mvit_nas/model.py", "mvit_nas/profiler.py"),
+    "latency_repeatability": ("mvit_nas/latency", "mvit_nas/model.py"),
     "latency_under_load": ("mvit_nas/latency", "mvit_nas/model.py", "mvit_nas/search.py", "mvit_nas/evaluation.py"),
     "proxy_fidelity": ("mvit_nas/proxy", "mvit_nas/data", "mvit_nas/model.py"),
+    "proxy_fidelity_real": ("mvit_nas/proxy", "mvit_nas/data", "mvit_nas/model.py"),
     "search_efficiency": ("mvit_nas/search.py", "mvit_nas/settings.py", "mvit_nas/space.py", "mvit_nas/report"),
     "scaling": ("mvit_nas/search.py", "mvit_nas/executors.py", "mvit_nas/evaluation.py", "mvit_nas/proxy"),
     "vs_timm": ("mvit_nas/model.py", "mvit_nas/latency"),
@@ -111,8 +113,9 @@ def _latency_under_load(p: dict[str, Any]) -> str:
     if s["loaded_ms"] is None:
         return f"idle {s['idle_ms']:.2f} ms; no loaded measurement ({p.get('error')})"
     return (
-        f"{p['config']}: idle {s['idle_ms']:.2f} ms, under a 2-worker search {s['loaded_ms']:.2f} ms "
-        f"({_pct(s['deviation'])}; worst round {100 * s['worst_round_deviation']:.1f}%)"
+        f"{p['config']} judged: idle {s['idle_ms']:.2f} ms, under a 2-worker search {s['loaded_ms']:.2f} ms "
+        f"({_pct(s['deviation'])}; worst round {100 * s['worst_round_deviation']:.1f}%); raw median "
+        f"{_pct(s['raw_deviation'])} (worst round {100 * s['raw_worst_round_deviation']:.1f}%)"
     )
 
 
@@ -126,8 +129,34 @@ def _latency_predictor(p: dict[str, Any]) -> str:
 
 
 def _latency_repeatability(p: dict[str, Any]) -> str:
-    parts = [f"{backend}: max spread {100 * row['max_spread']:.1f}%" for backend, row in p["backends"].items()]
-    return f"{'; '.join(parts)} over {p['runs']} processes"
+    parts = []
+    for threads, row in p["results"].items():
+        cells = row["variants"].values()
+        judged = max(max(c["idle"]["judged_spread"], c["busy"]["judged_spread"]) for c in cells)
+        raw = max(max(c["idle"]["raw_spread"], c["busy"]["raw_spread"]) for c in cells)
+        busy = max(abs(c["busy_deviation"]) for c in cells)
+        parts.append(
+            f"{threads.replace('_', ' ')}: judged spread up to {100 * judged:.1f}% (raw {100 * raw:.1f}%), "
+            f"busy core {100 * busy:.1f}% from idle"
+        )
+    return f"{'; '.join(parts)} ({p['backend']}, {p['runs']} processes per preset, idle and busy)"
+
+
+def _proxy_fidelity_real(p: dict[str, Any]) -> str:
+    s, taus = p["summary"], p["kendall_tau"]
+
+    def tau(name: str) -> str:
+        value = taus.get(name, {}).get("tau")
+        return "n/a" if value is None else f"{value:.2f}"
+
+    ceiling = "n/a" if s["ceiling_tau"] is None else f"{s['ceiling_tau']:.2f}"
+    partial = f"PARTIAL ({p['jobs_done']}/{p['jobs_total']} jobs): " if p.get("partial") else ""
+    return (
+        f"{partial}truth ceiling (seed vs seed) tau {ceiling} over {s['ceiling_n']} archs; default proxy "
+        f"{tau('train_1x')}, sotl {tau('sotl_1x')}, fixed 64 px {tau('fixed64_1x')}, synflow {tau('synflow')}, "
+        f"naswot {tau('naswot')}, params {tau('params')}, FLOPs {tau('flops')}, ensemble {tau('ensemble')}; "
+        f"generated-data default proxy {tau('synthetic_train')}"
+    )
 
 
 def _gpu(p: dict[str, Any]) -> str:
@@ -151,6 +180,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "default_search": _default_search,
     "latency_predictor": _latency_predictor,
     "latency_repeatability": _latency_repeatability,
+    "proxy_fidelity_real": _proxy_fidelity_real,
     "cost": _cost,
     "vs_timm": _vs_timm,
     "proxy_fidelity": _proxy_fidelity,

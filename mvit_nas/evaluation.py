@@ -113,10 +113,10 @@ def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, share
     ``failure``; any other exception propagates and the driver records it.
     """
     started = time.perf_counter()
+    proxy_spec = inject_fault(trial_number, settings.proxy)  # a test's hang must not hold the device
     compute = device_lock(settings.proxy.device).shared  # held by every piece of this trial's compute
     with compute():
         inputs: WorkerInputs = shared.get()
-        proxy_spec = inject_fault(trial_number, settings.proxy)
         cost = count_cost(cfg)
     latency = _latency(cfg, settings, inputs)
     record = TrialRecord(params=cost.params, flops=cost.flops, latency=latency, node=node_name())

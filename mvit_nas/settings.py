@@ -56,7 +56,7 @@ class SearchSettings:
 
     budget_ms: float
     space: dict[str, Any] | None = None  # the space file's content; None = the bundled default
-    latency: LatencySpec = field(default_factory=LatencySpec)
+    latency: LatencySpec = field(default_factory=lambda: LatencySpec(threads=SEARCH_THREADS))
     proxy: ProxySpec = field(default_factory=ProxySpec)
     dataset: str = "synthetic"
     sampler: str = "tpe"

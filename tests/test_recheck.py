@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers import tiny_settings
 
@@ -56,5 +57,9 @@ def test_a_front_point_over_budget_at_the_final_re_measurement_leaves_the_front_
     written = json.loads((run_dir / FRONT_LATENCY_FILE).read_text())
     assert {row["trial"] for row in written} == set(by_trial)
 
-    summary = (export_run(run_dir).out_dir / "summary.md").read_text()
-    assert f"- trial {doomed}: {reason}" in summary
+    out_dir = export_run(run_dir).out_dir
+    assert f"- trial {doomed}: {reason}" in (out_dir / "summary.md").read_text()
+    table = pd.read_csv(out_dir / "trials.csv")
+    judged = table["latency_ratio"] * table["latency_reference_ms"]
+    assert (table["latency_judged_ms"] - judged).abs().max() < 1e-9  # the raw median stays beside it
+    assert (table["latency_ratio_low"] <= table["latency_ratio"]).all() and table["proxy_resolution"].notna().all()

@@ -33,7 +33,7 @@ BUDGET_MS = 5.0
 FORMATS = ("--format", "onnx", "--format", "timm")
 
 
-def _fixed_latency(cfg: ArchConfig, spec: LatencySpec) -> LatencyStats:
+def _fixed_latency(cfg: ArchConfig, spec: LatencySpec, _budget_ms: float, _calibration: object) -> LatencyStats:
     """Within the budget for a narrow last stage, over it for a wide one."""
     ms = 1.0 if cfg.layer5.out_channels == 16 else 9.0
     return LatencyStats(ms, ms, ms, ms, 3, spec, peak_memory_mb=None)
@@ -42,7 +42,7 @@ def _fixed_latency(cfg: ArchConfig, spec: LatencySpec) -> LatencyStats:
 def _search(run_dir: Path, settings: SearchSettings, trials: int) -> None:
     with pytest.MonkeyPatch.context() as patch:
         # The module, not the attribute mvit_nas.search (that is the function search).
-        patch.setattr(importlib.import_module("mvit_nas.evaluation"), "measure_config", _fixed_latency)
+        patch.setattr(importlib.import_module("mvit_nas.evaluation"), "judge_latency", _fixed_latency)
         search(settings, run_dir, trials=trials, executor="local", workers=1)
 
 

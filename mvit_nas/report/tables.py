@@ -31,7 +31,21 @@ __all__ = ["accuracy_scale", "markdown_table", "pareto_frame", "resolution_label
 
 SPEC_FIELDS = ("device", "backend", "batch_size", "resolution", "dtype", "threads")
 LATENCY_STATS = ("median", "p10", "p90", "mean")
-_LATENCY_COLUMNS = [f"latency_{stat}_ms" for stat in LATENCY_STATS] + ["latency_n", "latency_discarded", *SPEC_FIELDS]
+# What a judged latency adds (mvit_nas.latency.relative): the value the budget was judged on, the ratio to the
+# reference with its interval, the reference's latencies, and whether a straddling first measurement was redone.
+_JUDGED_COLUMNS = {
+    "latency_judged_ms": "judged_ms",
+    "latency_ratio": "ratio",
+    "latency_ratio_low": "ratio_low",
+    "latency_ratio_high": "ratio_high",
+    "latency_reference_ms": "reference_ms",
+    "latency_reference_median_ms": "reference_median_ms",
+    "latency_remeasured": "remeasured",
+}
+_LATENCY_COLUMNS = [
+    *(f"latency_{stat}_ms" for stat in LATENCY_STATS),
+    *("latency_n", "latency_discarded", *_JUDGED_COLUMNS, *SPEC_FIELDS),
+]
 _COLUMNS = [
     *("number", "state", "seed", "config_key", "config", "params", "flops"),
     *_LATENCY_COLUMNS,
@@ -85,6 +99,8 @@ def _latency_cells(latency: LatencyStats | None) -> dict[str, Any]:
         return {name: None for name in _LATENCY_COLUMNS}
     cells: dict[str, Any] = {f"latency_{stat}_ms": getattr(latency, f"{stat}_ms") for stat in LATENCY_STATS}
     cells.update(latency_n=latency.n, latency_discarded=latency.discarded)
+    measured_so = latency.ratio is not None
+    cells.update({column: getattr(latency, name) if measured_so else None for column, name in _JUDGED_COLUMNS.items()})
     for name in SPEC_FIELDS:
         cells[name] = resolution_label(latency.spec) if name == "resolution" else getattr(latency.spec, name)
     return cells
