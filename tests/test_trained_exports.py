@@ -21,7 +21,6 @@ from helpers import FAST_LATENCY, FAST_PROXY, tiny_settings
 
 from mvit_nas import ArchConfig, build_model, load_config
 from mvit_nas.cli import main
-from mvit_nas.data import load_dataset, parse_dataset_spec
 from mvit_nas.latency import LatencySpec, LatencyStats
 from mvit_nas.proxy import read_state_dict, train
 from mvit_nas.report import export_run
@@ -81,8 +80,9 @@ def test_the_saved_weights_are_the_proxy_trained_ones(run: Path) -> None:
     config = _records(run)[number].config
     assert config is not None
     # Training is bit-for-bit deterministic on CPU: the same proxy training gives the same tensors.
-    data = load_dataset(parse_dataset_spec("synthetic"), FAST_PROXY.resolution, cache_dir=run / DATA_DIR)
-    again = train(config, data, FAST_PROXY.epochs, FAST_PROXY.resolution, batch_size=FAST_PROXY.batch_size)
+    size = FAST_PROXY.input_size(config.resolution)  # the proxy trains at its scale of the config's resolution
+    data = tiny_settings(budget_ms=BUDGET_MS).load_data(run / DATA_DIR).at(size)
+    again = train(config, data, FAST_PROXY.epochs, size, batch_size=FAST_PROXY.batch_size)
     saved = read_state_dict(weights_path(run, number))
     assert again.weights is not None and saved.keys() == again.weights.keys()
     assert all(torch.equal(saved[key], value) for key, value in again.weights.items())
