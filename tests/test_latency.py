@@ -414,7 +414,7 @@ def test_a_judged_measurement_records_the_reference_the_ratio_and_its_interval()
     assert stats.ratio > 1  # 64 output channels of 3x3 take longer than 4 of 1x1
     assert stats.judged_ms == pytest.approx(stats.ratio * 2.0)
     low, high = stats.judged_interval_ms
-    assert low <= stats.judged_ms <= high and stats.median_ms > 0 and stats.n >= 10 * relative.BLOCK_RUNS
+    assert low <= stats.judged_ms <= high and stats.median_ms > 0 and stats.n >= relative.MIN_ROUNDS
     record = json.loads(json.dumps(stats.to_dict()))
     assert record["judged"] == pytest.approx(stats.judged_ms) and LatencyStats.from_dict(record) == stats
 
@@ -425,7 +425,7 @@ def test_interleaved_candidates_share_the_reference_rounds() -> None:
     candidates = [timing.Benchmark(nn.Conv2d(3, c, 3), spec, peak_memory=False) for c in (4, 32)]
     reference = timing.Benchmark(nn.Conv2d(3, 8, 3), spec, peak_memory=False)
     small, large = relative.interleave(candidates, reference, calibration, seconds=0.0)
-    assert small.n == large.n == relative.MIN_ROUNDS * relative.BLOCK_RUNS
+    assert small.n >= relative.MIN_ROUNDS and large.n >= relative.MIN_ROUNDS
     assert small.reference_median_ms == large.reference_median_ms  # one reference, timed in the same rounds
 
 

@@ -3,13 +3,20 @@
 On a shared machine a model's raw median moves with whatever else runs (the same
 model measured up to 1.65x apart between processes here), but a slow stretch
 slows a second model timed in the same seconds just as much. So every judged
-measurement alternates short blocks of the candidate with blocks of the
-:data:`REFERENCE` (MobileViT-XXS at 128 px, same backend and threads), and the
+measurement alternates turns of the candidate with turns of the reference
+(MobileViT-XXS at 128 px, same backend and threads), and the
 latency a budget is judged on is ``ratio x calibrated reference``: the ratio of
 the two medians, times the reference's latency timed once, quietly, when the run
 starts (:func:`calibrate`). The ratio's 95% interval is a paired bootstrap over
 the rounds (``scipy.stats.bootstrap``); the candidate's own raw statistics are
 kept beside it.
+
+A turn is a stretch of time, not a count of runs: a model timed right after
+another runs slower for tens of milliseconds, more so a small model after a
+large one. With turns of 5 runs the reference ran 15-28% slower than alone and
+judged latencies came out up to 20% low for large candidates; with turns of
+:data:`SEGMENT_SECONDS` whose first quarter is left out, judged latencies were
+within 3% of each model timed alone (xxs@96 to xs@256, 2-core EPYC).
 
 Example:
 
@@ -42,8 +49,9 @@ from mvit_nas.validate import check_keys
 
 REFERENCE_NAME = "xxs@128"
 REFERENCE_SIZE = 128
-BLOCK_RUNS = 5  # runs per block: short enough that both models see the same seconds of the host
-MIN_ROUNDS = 10  # rounds of (candidate block, reference block), at least, however short min_seconds is
+SEGMENT_SECONDS = 0.2  # one turn of a model, at most: short enough that both see the same seconds of the host
+SETTLE_FRACTION = 0.25  # the start of a turn left out: the model is still slowed by the one before it
+MIN_ROUNDS = 5  # rounds of (candidate turn, reference turn), at least, however short the measurement
 CONFIDENCE = 0.95
 RESAMPLES = 999
 
@@ -133,13 +141,17 @@ def interleave(
     seconds: float,
     lock: DeviceLock | None = None,
 ) -> list[LatencyStats]:
-    """Time every candidate against the reference in rounds, each round a block of every candidate then of the
+    """Time every candidate against the reference in rounds, each round a turn of every candidate then of the
     reference; at least :data:`MIN_ROUNDS` rounds and ``seconds`` in all. One judged record per candidate.
 
-    Several candidates (a front's points) share the rounds, so a slow stretch of the host
-    touches them all alike. ``lock`` is held exclusively for the whole measurement.
+    A turn lasts ``seconds / (MIN_ROUNDS x turns per round)``, at most :data:`SEGMENT_SECONDS`,
+    its first :data:`SETTLE_FRACTION` left out. Several candidates (a front's points) share
+    the rounds, so a slow stretch of the host touches them all alike. ``lock`` is held
+    exclusively for the whole measurement.
     """
     spec = reference.spec
+    turn = min(SEGMENT_SECONDS, max(seconds, 1e-3) / (MIN_ROUNDS * (len(candidates) + 1)))
+    settle = SETTLE_FRACTION * turn
     runs: list[list[list[float]]] = [[] for _ in candidates]
     reference_runs: list[list[float]] = []
     with timing_context(spec, lock):
@@ -148,10 +160,9 @@ def interleave(
         started = time.perf_counter()
         while len(reference_runs) < MIN_ROUNDS or time.perf_counter() - started < seconds:
             for index, benchmark in enumerate(candidates):
-                runs[index].append(benchmark.block(BLOCK_RUNS))
-            # With several candidates, each gets a reference block of its own round: the reference
-            # is timed once per round and paired with every candidate's block of that round.
-            reference_runs.append(reference.block(BLOCK_RUNS))
+                runs[index].append(benchmark.segment(turn, settle))
+            # The reference is timed once per round and paired with every candidate's turn of that round.
+            reference_runs.append(reference.segment(turn, settle))
     return [
         _judged_stats(blocks, reference_runs, _raw_stats(blocks, bench.spec, bench.peak_memory_mb), calibration)
         for blocks, bench in zip(runs, candidates, strict=True)

@@ -244,10 +244,24 @@ class Benchmark:
         if self.spec.device == "cuda":
             torch.cuda.synchronize()
 
-    def block(self, runs: int) -> list[float]:
-        """``runs`` timed runs in milliseconds, no warm-up: one block of an interleaved measurement."""
+    def segment(self, seconds: float, settle: float) -> list[float]:
+        """Timed runs (milliseconds) for ``seconds``, less those that started in the first ``settle`` seconds.
+
+        One turn of an interleaved measurement. Right after another model ran, a model
+        runs slower for tens of milliseconds (a small model after a large one: up to 25%
+        for a whole block of 5 runs here), so each turn lasts long enough to leave that
+        out. At least the last run is kept, however slow the model.
+        """
         timed = self._timer()
-        return [timed() for _ in range(runs)]
+        runs: list[float] = []
+        started = time.perf_counter()
+        while True:
+            begin = time.perf_counter() - started
+            value = timed()
+            if begin >= settle:
+                runs.append(value)
+            if time.perf_counter() - started >= seconds:
+                return runs or [value]
 
     def run(self, lock: DeviceLock | None = None) -> LatencyStats:
         """Warm up, then time until both ``min_repeats`` and ``min_seconds`` are reached (at most ``max_repeats``).
