@@ -180,6 +180,11 @@ def write_space(path: Path) -> Path:
     return path
 
 
+def tiny_search_args(space_file: Path) -> list[str]:
+    """``search`` on the tiny space, every config within budget, the 256 px seeds trained at 64 px."""
+    return ["search", "--budget-ms", "1000", "--proxy-scale", "0.25", "--space", str(write_space(space_file))]
+
+
 def trials_of(run_dir: Path) -> list[FrozenTrial]:
     """The run's trials; ``[]`` while it has no study yet (never creates one, unlike ``open_study``)."""
     path = run_dir / STORAGE_FILE

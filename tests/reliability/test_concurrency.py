@@ -22,7 +22,7 @@ from reliability_helpers import (
     file_hashes,
     run_driver,
     seed_run_dir,
-    write_space,
+    tiny_search_args,
 )
 
 from mvit_nas.faults import FAULT_LOG_ENV
@@ -47,16 +47,8 @@ def test_a_second_search_command_on_a_busy_run_is_refused_naming_the_run(tmp_pat
 
         # The second: the CLI, same folder.
         command = [
-            *(
-                "mvit-nas",
-                "search",
-                "--budget-ms",
-                "1000",
-                "--proxy-scale",
-                "0.25",
-                "--space",
-                str(write_space(tmp_path / "tiny.yaml")),
-            ),
+            "mvit-nas",
+            *tiny_search_args(tmp_path / "tiny.yaml"),
             *("--trials", "3", "--epochs", "0.01", "--backend", "eager", "--workers", "1", "--run-dir", str(run_dir)),
         ]
         second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -31,8 +31,8 @@ from reliability_helpers import (
     run_driver,
     seed_run_dir,
     snapshot,
+    tiny_search_args,
     trials_of,
-    write_space,
 )
 
 from mvit_nas.faults import FAULT_ENV
@@ -178,16 +178,8 @@ def ctrl_c_run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> dict[str
     run_dir = seed_run_dir(folder / "run", data)
     requested = 6
     command = [
-        *(
-            "mvit-nas",
-            "search",
-            "--budget-ms",
-            "1000",
-            "--proxy-scale",
-            "0.25",
-            "--space",
-            str(write_space(folder / "tiny.yaml")),
-        ),
+        "mvit-nas",
+        *tiny_search_args(folder / "tiny.yaml"),
         *("--trials", str(requested), "--epochs", "0.01", "--backend", "eager", "--threads", "1"),
         *("--workers", "2", "--run-dir", str(run_dir)),
     ]

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from reliability_helpers import file_hashes, real_study, seed_run_dir, tiny_settings, write_space
+from reliability_helpers import file_hashes, real_study, seed_run_dir, tiny_search_args, tiny_settings
 
 from mvit_nas import InputError
 from mvit_nas.cli import main
@@ -84,10 +84,7 @@ def test_cli_search_on_a_corrupted_run_exits_2_with_one_line(
 ) -> None:
     run_dir = _run_with_study_file(tmp_path / "run", study, b"SQLite format 3\x00" + b"\xff" * 4000)
     before = file_hashes(run_dir)
-    space = write_space(tmp_path / "tiny.yaml")
-    status = main(
-        ["search", "--budget-ms", "1000", "--proxy-scale", "0.25", "--space", str(space), "--run-dir", str(run_dir)]
-    )
+    status = main([*tiny_search_args(tmp_path / "tiny.yaml"), "--run-dir", str(run_dir)])
     err = capsys.readouterr().err
     assert status == 2, err
     assert err.count("\n") == 1 and err.startswith("mvit-nas search: error: --run-dir: "), err
@@ -197,21 +194,8 @@ def test_read_only_run_folder_is_refused_before_any_work(tmp_path: Path, study: 
 def test_new_run_under_a_read_only_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parent = tmp_path / "parent"
     parent.mkdir()
-    space = write_space(tmp_path / "tiny.yaml")
     with _read_only(parent):
-        status = main(
-            [
-                "search",
-                "--budget-ms",
-                "1000",
-                "--proxy-scale",
-                "0.25",
-                "--space",
-                str(space),
-                "--run-dir",
-                str(parent / "run"),
-            ]
-        )
+        status = main([*tiny_search_args(tmp_path / "tiny.yaml"), "--run-dir", str(parent / "run")])
         err = capsys.readouterr().err
         assert status == 2, err
         assert err.count("\n") == 1 and err.startswith("mvit-nas search: error: --run-dir: cannot create"), err
