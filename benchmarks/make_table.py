@@ -316,6 +316,8 @@ def render(results: dict[str, dict[str, Any]]) -> str:
             lines.append(f"| `{name}` | | not run yet | | | | |")
             continue
         verdict = "pass" if payload.get("passed") else "**falls short**"
+        if payload.get("partial"):  # a long benchmark still running, or stopped to be continued
+            verdict = "not finished (partial result)"
         if payload.get("quick"):
             verdict += " (quick run, not the full benchmark)"
         date = str(payload.get("machine", {}).get("date", "?"))[:10]

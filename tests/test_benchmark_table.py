@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from benchmarks.make_table import freshness
+from benchmarks.make_table import freshness, render
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,3 +26,9 @@ def test_a_result_measured_before_its_code_changed_is_stale() -> None:
     # 62eab0c predates the layout walker: cost.py, config.py and model.py all changed since.
     verdict = freshness("cost", {"git": {"commit": "62eab0c", "dirty": False}})
     assert "**stale**" in verdict and "mvit_nas/cost.py" in verdict, verdict
+
+
+def test_a_partial_result_says_it_is_not_finished_rather_than_falling_short() -> None:
+    partial = {"goal": "g", "passed": False, "partial": True, "machine": {"date": "2026-12-02"}}
+    row = next(line for line in render({"long_benchmark": partial}).splitlines() if "long_benchmark" in line)
+    assert "not finished (partial result)" in row and "falls short" not in row
