@@ -1,6 +1,6 @@
 """The accuracy-latency Pareto front of a search, its hypervolume, and how it beats the seeds.
 
-A search has two objectives, accuracy (up) and median latency in ms (down), and
+A search has two objectives, accuracy (up) and judged latency in ms (down), and
 one constraint, ``latency_over_budget_ms`` (feasible iff <= 0). Optuna already
 knows how to find the non-dominated feasible trials (``study.best_trials``) and
 how to measure a front (its WFG hypervolume); this module only adds what is

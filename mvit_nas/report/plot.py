@@ -82,7 +82,7 @@ def plot_front(study: optuna.Study, settings: SearchSettings, front_trials: Sequ
     ax.axvline(budget_ms, color="black", linestyle="--", lw=1, label=f"budget {budget_ms:g} ms")
     # One legend entry for all seeds, however many ran.
     ax.scatter([], [], marker="*", s=120, color="gold", edgecolor="black", label="seeds (xxs / xs / s)")
-    ax.set_xlabel("latency, median (ms)")
+    ax.set_xlabel("latency, judged (ms)")
     ax.set_ylabel(f"proxy accuracy ({unit})")
     ax.set_title(f"Accuracy vs latency — {spec_text(study, settings)}", fontsize=9)
     return _save(figure, ax, path)
@@ -124,7 +124,7 @@ def plot_verification(report: VerifyReport, path: Path) -> Path:
     ax.scatter([], [], color="0.3", facecolors="white", label=f"verified, {report.epochs:g} epochs (bar: seed range)")
     tau = "n/a" if report.kendall_tau is None else f"{report.kendall_tau:.2f}"
     ax.set_title(f"Proxy vs verified accuracy — Kendall tau {tau} over {len(report.models)} models", fontsize=9)
-    ax.set_xlabel("latency, median (ms)")
+    ax.set_xlabel("latency, judged (ms)")
     ax.set_ylabel("accuracy (%)" if trained else "verified accuracy (%)")
     if not trained:
         proxy_ax.set_ylabel(f"proxy score ({report.proxy_kind})")

@@ -43,7 +43,7 @@ def _settings_section(study: optuna.Study, settings: SearchSettings) -> list[str
         "",
         "| setting | value |",
         "|---|---|",
-        f"| budget | {settings.budget_ms:g} ms (median latency) |",
+        f"| budget | {settings.budget_ms:g} ms (judged latency: ratio to the reference x calibration) |",
         f"| latency spec | {spec_text(study, settings)} |",
         f"| proxy | `{json.dumps(settings.proxy.to_dict(), sort_keys=True)}` |",
         f"| dataset | {settings.dataset} |",
