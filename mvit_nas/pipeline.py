@@ -53,9 +53,8 @@ def run_search(
     progress: Callable[[SearchProgress], None] | None = None,
     verify_progress: Callable[[VerifyProgress], None] | None = None,
 ) -> SearchRun:
-    """Search (or resume), then re-measure the front (dropping what no longer fits), then verify
-    (``options.verify_epochs``), then export
-    tables, plot, summary and configs.
+    """Search (or resume), re-measure the front (dropping what no longer fits), verify
+    (``options.verify_epochs``), then export tables, plot, summary and configs.
 
     ``run_dir`` defaults to :func:`default_run_dir`. An interrupted search (Ctrl-C)
     returns at once with ``export=None``; the same call resumes it (the search, then the
