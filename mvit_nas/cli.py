@@ -12,6 +12,8 @@ from typing import Any, NoReturn
 
 from mvit_nas.config import PRESETS
 from mvit_nas.data import ALLOWED as DATASETS
+from mvit_nas.fidelity import KINDS as FIDELITIES
+from mvit_nas.fidelity import FidelitySpec
 from mvit_nas.pipeline import train_run
 from mvit_nas.proxy import KINDS as PROXIES
 from mvit_nas.proxy import ProxySpec
@@ -36,7 +38,9 @@ def _defaults(function_or_record: Any) -> dict[str, Any]:
     return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
-_SEARCH, _PROXY, _TRAIN, _RUN = (_defaults(f) for f in (SearchSettings, ProxySpec, train_run, RunOptions))
+_SEARCH, _PROXY, _TRAIN, _RUN, _FIDELITY = (
+    _defaults(f) for f in (SearchSettings, ProxySpec, train_run, RunOptions, FidelitySpec)
+)
 _VERIFY = _defaults(verify_run)
 
 
@@ -201,6 +205,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         seed=args.seed,
         latency_source=args.latency,
+        fidelity=FidelitySpec(args.fidelity, args.eta, args.max_budget_epochs),
         here=args.address is None,  # on a cluster the workers, not this machine, need the device
     )
     options = RunOptions(
@@ -315,6 +320,23 @@ def _add_search_parser(commands: Any) -> None:
         default=_SEARCH["latency_source"],
         choices=LATENCY_SOURCES,
         help="measure each trial, or predict from `mvit-nas latency-table build` (front measured at the end)",
+    )
+    search.add_argument(
+        "--fidelity",
+        default=_FIDELITY["kind"],
+        help="single: every architecture gets the proxy; halving: successive halving trains the promising "
+        f"ones longer, eta x per rung ({' | '.join(FIDELITIES)}; default: {_FIDELITY['kind']})",
+    )
+    search.add_argument(
+        "--eta",
+        type=int,
+        default=_FIDELITY["eta"],
+        help=f"halving: 1/eta go on to each next rung (default: {_FIDELITY['eta']})",
+    )
+    search.add_argument(
+        "--max-budget-epochs",
+        type=float,
+        help=f"halving: the last rung's epochs (default: {EPOCHS_FACTOR} x the proxy's, the verification budget)",
     )
     search.add_argument("--seed", type=int, default=_SEARCH["seed"])
     search.add_argument(

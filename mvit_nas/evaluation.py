@@ -3,7 +3,9 @@
 :func:`evaluate` runs on a Ray worker (any machine of the cluster) or in-process; it reads
 nothing from the run folder: its inputs arrive as arguments and through
 :class:`~mvit_nas.executors.Shared`, and it returns everything as an :class:`Evaluation`
-(the record, and the proxy-trained weights that the driver saves).
+(the record, and the proxy-trained weights that the driver saves). A promotion of
+successive halving (:mod:`mvit_nas.fidelity`) runs through the same function with its
+rung: :func:`train_rung` trains the architecture longer.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mvit_nas.cost import count_cost
 from mvit_nas.data import ProxyData
 from mvit_nas.executors import Shared, node_name
 from mvit_nas.faults import inject_fault
+from mvit_nas.fidelity import RungResult
 from mvit_nas.latency import (
     Calibration,
     LatencySpec,
@@ -31,7 +34,7 @@ from mvit_nas.latency import (
     measure_judged,
 )
 from mvit_nas.model import build_model
-from mvit_nas.proxy import TrialFailed, evaluate_proxy
+from mvit_nas.proxy import ProxyResult, ProxySpec, StepGuard, TrialFailed, evaluate_proxy
 from mvit_nas.run import TrialRecord
 from mvit_nas.settings import SearchSettings
 from mvit_nas.validate import first_line
@@ -93,25 +96,42 @@ def _latency(cfg: ArchConfig, settings: SearchSettings, inputs: WorkerInputs) ->
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What :func:`evaluate` hands back: the trial's record, and the weights the proxy trained (CPU, timm layout).
+    """What :func:`evaluate` hands back: the result, and the weights the training trained (CPU, timm layout).
 
-    ``weights`` is None unless the trial fit the budget and a training proxy trained it
-    without failing. The worker never writes the run folder (it may be on another
-    machine): the driver saves the weights.
+    ``record`` is the trial's :class:`~mvit_nas.run.TrialRecord` for its first evaluation
+    (rung 0), a :class:`~mvit_nas.fidelity.RungResult` for a promotion's longer training.
+    ``weights`` is None unless the model was trained without failing. The worker never
+    writes the run folder (it may be on another machine): the driver saves the weights.
     """
 
-    record: TrialRecord
+    record: TrialRecord | RungResult
     weights: dict[str, torch.Tensor] | None = None
 
 
-def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, shared: Shared) -> Evaluation:
+def _proxy(cfg: ArchConfig, spec: ProxySpec, data: ProxyData, compute: StepGuard) -> ProxyResult | str:
+    """The proxy's result, or why it could not score ``cfg`` (divergence, out of memory) in one line."""
+    try:
+        return evaluate_proxy(cfg, spec, data, step_guard=compute)
+    except TrialFailed as error:
+        return error.reason
+    except (MemoryError, RuntimeError) as error:
+        if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
+            raise
+        return f"out of memory: {first_line(error, 300)}"
+
+
+def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, shared: Shared, rung: int = 0) -> Evaluation:
     """Evaluate one architecture: cost, latency, then (if within budget) the accuracy proxy.
 
     Returns an :class:`Evaluation`: the evaluation fields of a :class:`~mvit_nas.run.TrialRecord`,
     with the machine and device that ran it, and the proxy-trained weights. ``shared`` holds
     the :class:`WorkerInputs`. A proxy failure (divergence, out of memory) is returned as
-    ``failure``; any other exception propagates and the driver records it.
+    ``failure``; any other exception propagates and the driver records it. ``rung`` >= 1: a
+    promotion of successive halving (:mod:`mvit_nas.fidelity`), trained for that rung's
+    epochs instead (:func:`train_rung`).
     """
+    if rung:
+        return train_rung(trial_number, cfg, rung, settings, shared)
     started = time.perf_counter()
     proxy_spec = inject_fault(trial_number, settings.proxy)  # a test's hang must not hold the device
     compute = device_lock(settings.proxy.device).shared  # held by every piece of this trial's compute
@@ -125,19 +145,35 @@ def evaluate(trial_number: int, cfg: ArchConfig, settings: SearchSettings, share
     )
     weights = None
     if record.feasible:
-        try:
-            proxy = evaluate_proxy(cfg, proxy_spec, inputs.data, step_guard=compute)
+        proxy = _proxy(cfg, proxy_spec, inputs.data, compute)
+        if isinstance(proxy, str):
+            record = dataclasses.replace(record, failure=proxy)
+        else:
             record = dataclasses.replace(
                 record, accuracy=proxy.score, proxy_seconds=proxy.seconds, proxy_resolution=proxy.resolution
             )
             weights = proxy.weights
-        except TrialFailed as error:
-            record = dataclasses.replace(record, failure=error.reason)
-        except (MemoryError, RuntimeError) as error:
-            if "memory" not in str(error).lower() and not isinstance(error, MemoryError):
-                raise
-            record = dataclasses.replace(record, failure=f"out of memory: {first_line(error, 300)}")
     return Evaluation(dataclasses.replace(record, duration_s=time.perf_counter() - started), weights)
+
+
+def train_rung(trial_number: int, cfg: ArchConfig, rung: int, settings: SearchSettings, shared: Shared) -> Evaluation:
+    """Train ``cfg`` afresh for rung ``rung``'s epochs (the proxy's training, longer); score it on the held-out split.
+
+    Latency was judged at rung 0 and is not measured again. The training holds the
+    device's shared lock, as a trial's proxy does.
+    """
+    started = time.perf_counter()
+    epochs = settings.rung_epochs()[rung]
+    spec = dataclasses.replace(settings.proxy, kind="train", epochs=epochs)
+    compute = device_lock(spec.device).shared
+    with compute():
+        inputs: WorkerInputs = shared.get()
+    proxy = _proxy(cfg, spec, inputs.data, compute)
+    seconds = time.perf_counter() - started
+    if isinstance(proxy, str):
+        return Evaluation(RungResult(trial_number, rung, epochs, None, seconds, failure=proxy, node=node_name()))
+    result = RungResult(trial_number, rung, epochs, proxy.score, seconds, proxy.resolution, node=node_name())
+    return Evaluation(result, proxy.weights)
 
 
 def describe_failure(error: BaseException) -> str:

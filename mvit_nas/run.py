@@ -50,7 +50,7 @@ CALIBRATIONS_ATTR = "latency_calibrations"  # study attribute: the reference tim
 FRONT_DROPPED_ATTR = "front_dropped"  # study attribute: {trial number: why its final re-measurement dropped it}
 FRONT_LATENCY_FILE = "front_latency.json"  # the front re-measured at the end of a search
 DATA_DIR = "data"  # the generated dataset's cache
-WEIGHTS_DIR = "weights"  # proxy-trained weights weights/trial_0007.pt, verified ones weights/trial_0007.verified.pt
+WEIGHTS_DIR = "weights"  # weights/trial_0007.pt (proxy), trial_0007.rung1.pt (halving), trial_0007.verified.pt
 VERIFY_FILE = "verify.json"  # the verification stage's results, one entry per (trial, training seed)
 # Study rows, the generated dataset's cache (~160 MiB at 64 px) and the exports
 # (an ONNX file and a state dict per front point) fit well inside this.
@@ -66,9 +66,11 @@ def trial_stem(number: int) -> str:
     return f"trial_{number:04d}"
 
 
-def weights_path(run_dir: Path, number: int, verified: bool = False) -> Path:
-    """Where trial ``number``'s trained weights live: proxy-trained, or from the verification stage."""
-    return Path(run_dir) / WEIGHTS_DIR / f"{trial_stem(number)}{'.verified' if verified else ''}.pt"
+def weights_path(run_dir: Path, number: int, verified: bool = False, rung: int = 0) -> Path:
+    """Where trial ``number``'s trained weights live: proxy-trained (rung 0), from a longer rung of
+    successive halving (``trial_0007.rung2.pt``), or from the verification stage."""
+    suffix = ".verified" if verified else f".rung{rung}" if rung else ""
+    return Path(run_dir) / WEIGHTS_DIR / f"{trial_stem(number)}{suffix}.pt"
 
 
 def config_key(cfg: ArchConfig) -> str:
@@ -228,6 +230,9 @@ def write_settings(run_dir: Path, settings: SearchSettings) -> None:
     existing = _read_settings_file(path)
     if not isinstance(existing, dict):
         raise InputError("--run-dir", f"{path} is not a run settings file; nothing was changed")
+    with contextlib.suppress(InputError, TypeError):  # an unreadable one is reported as differing below
+        # A file written before a field existed reads back with that field's old behaviour.
+        existing = SearchSettings.from_dict(existing).to_dict()
     if existing != wanted:
         changed = sorted(key for key in wanted if existing.get(key) != wanted[key])
         raise InputError(

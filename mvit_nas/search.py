@@ -42,8 +42,9 @@ from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.data import ProxyData
 from mvit_nas.evaluation import Evaluation, WorkerInputs, describe_failure, evaluate
 from mvit_nas.executors import Executor, LocalExecutor, RayExecutor, Shared
+from mvit_nas.fidelity import RungResult, promotions, read_rungs
 from mvit_nas.latency import Calibration, calibrate, check_available, device_lock
-from mvit_nas.report import front
+from mvit_nas.report import front, rung_entries
 from mvit_nas.run import INTERRUPTED, TrialRecord, config_key, is_finished
 from mvit_nas.seeds import FittedSeed, fitted_seeds
 from mvit_nas.settings import DEFAULT_TRIALS, SAMPLERS, RunOptions, SearchSettings
@@ -118,17 +119,25 @@ class SearchProgress:
     feasible: int
     front: int
     trial: int | None = None
-    record: TrialRecord | None = None
+    record: TrialRecord | RungResult | None = None
 
     @classmethod
-    def of(cls, study: optuna.Study, trial: int | None = None, record: TrialRecord | None = None) -> SearchProgress:
+    def of(
+        cls, study: optuna.Study, trial: int | None = None, record: TrialRecord | RungResult | None = None
+    ) -> SearchProgress:
         trials = study.get_trials(deepcopy=False)
         records = [TrialRecord.of(t) for t in trials]
         feasible = sum(bool(r.feasible) and not r.failure for r in records)
         return cls(sum(is_finished(t) for t in trials), feasible, len(front(study)), trial, record)
 
     def line(self) -> str:
-        """One line for a log: the trial that just finished and where the search stands."""
+        """One line for a log: the trial (or rung) that just finished and where the search stands."""
+        where = f"{self.finished} finished, {self.feasible} within budget, front {self.front}"
+        if isinstance(self.record, RungResult):
+            rung = self.record
+            outcome = f"failed ({rung.failure})" if rung.score is None else f"accuracy {rung.score:.4f}"
+            trained = f"{rung.epochs:g} epochs, {rung.seconds:.0f} s"
+            return f"trial {self.trial} rung {rung.rung} ({trained}): {outcome}; {where}"
         record = self.record or TrialRecord()
         if record.failure:
             outcome = f"failed ({record.failure})"
@@ -138,7 +147,6 @@ class SearchProgress:
             outcome = f"{record.latency.judged_ms:.2f} ms, " + (
                 "over budget" if not record.feasible else f"within budget, accuracy {record.accuracy or 0:.4f}"
             )
-        where = f"{self.finished} finished, {self.feasible} within budget, front {self.front}"
         return f"trial {self.trial}: {outcome}; {where}"
 
 
@@ -154,8 +162,22 @@ class SearchOutcome:
         return front(self.study)
 
 
+@dataclass(frozen=True)
+class _Promotion:
+    """A promotion of successive halving in flight: trial ``number`` training at ``rung``."""
+
+    number: int
+    rung: int
+    submitted: float
+
+
 class _Driver:
-    """Keeps ``workers`` evaluations in flight and tells Optuna each result as it lands."""
+    """Keeps ``workers`` evaluations in flight and tells Optuna each result as it lands.
+
+    With successive halving a free worker first takes the best promotion due
+    (:func:`mvit_nas.fidelity.promotions`), else a new trial; after the last new trial
+    the promotions go on until none is due.
+    """
 
     def __init__(
         self,
@@ -183,6 +205,8 @@ class _Driver:
         self.waiting: dict[str, list[tuple[optuna.Trial, ArchConfig]]] = {}
         self.pool: Executor | None = None
         self.shared: Shared | None = None  # the inputs, once shared with the pool's workers
+        self.rung_epochs = settings.rung_epochs()
+        self.promoting: dict[Any, _Promotion] = {}  # handle -> promotion in flight
 
     def run(self) -> SearchOutcome:
         started = time.monotonic()
@@ -190,13 +214,15 @@ class _Driver:
         try:
             while True:
                 timed_out = self.options.timeout is not None and time.monotonic() - started > self.options.timeout
-                while (
-                    not timed_out
-                    and len(self.in_flight) < self.options.workers
-                    and self._started() < self.options.trials
-                ):
-                    self._start_trial()
-                if not self.in_flight:
+                while not timed_out and len(self.in_flight) + len(self.promoting) < self.options.workers:
+                    promotion = self._next_promotion()
+                    if promotion is not None:
+                        self._submit_rung(*promotion)
+                    elif self._started() < self.options.trials:
+                        self._start_trial()
+                    else:
+                        break
+                if not self.in_flight and not self.promoting:
                     break
                 self._collect()
         except KeyboardInterrupt:
@@ -219,30 +245,86 @@ class _Driver:
         else:
             self._submit(trial, key, cfg)
 
-    def _submit(self, trial: optuna.Trial, key: str, cfg: ArchConfig) -> None:
+    def _pool(self) -> Executor:
         if self.pool is None:
             self.pool = make_executor(self.settings, self.options)
             self.shared = self.pool.share(self.inputs)
-        handle = self.pool.submit(trial.number, cfg, self.settings, self.shared)
+        return self.pool
+
+    def _submit(self, trial: optuna.Trial, key: str, cfg: ArchConfig) -> None:
+        handle = self._pool().submit(trial.number, cfg, self.settings, self.shared)
         self.in_flight[handle] = (trial, key, time.monotonic())
 
+    def _next_promotion(self) -> tuple[int, int] | None:
+        """The best promotion due now (trial, rung), or None (always None for a single-fidelity run)."""
+        if len(self.rung_epochs) == 1:
+            return None
+        recorded = read_rungs(self.study.user_attrs)
+        failed = [key for key, result in recorded.items() if result.score is None]  # never trained again
+        taken = [(p.number, p.rung) for p in self.promoting.values()] + failed
+        due = promotions(rung_entries(self.study), self.settings.fidelity.eta, len(self.rung_epochs) - 1, taken)
+        return due[0] if due else None
+
+    def _submit_rung(self, number: int, rung: int) -> None:
+        cfg = TrialRecord.of(self.study.get_trials(deepcopy=False)[number]).config
+        handle = self._pool().submit(number, cfg, self.settings, self.shared, rung)
+        self.promoting[handle] = _Promotion(number, rung, time.monotonic())
+
     def _collect(self) -> None:
-        assert self.pool is not None
-        for handle in self.pool.wait(list(self.in_flight), timeout=1.0):
+        pool = self._pool()
+        for handle in pool.wait([*self.in_flight, *self.promoting], timeout=1.0):
+            if handle in self.promoting:
+                self._collect_rung(handle)
+                continue
             trial, key, _ = self.in_flight.pop(handle)
             try:
-                evaluation: Evaluation = self.pool.result(handle)
+                evaluation: Evaluation = pool.result(handle)
             except Exception as error:  # the trial's own failure: record it, the search goes on
                 self._failed(trial, key, describe_failure(error))
             else:
+                assert isinstance(evaluation.record, TrialRecord)
                 self._finish(trial, key, evaluation.record, evaluation.weights)
         if self.options.trial_timeout is not None:
             now = time.monotonic()
             for handle, (trial, key, submitted) in list(self.in_flight.items()):
                 if now - submitted > self.options.trial_timeout:
-                    self.pool.cancel(handle)
+                    pool.cancel(handle)
                     del self.in_flight[handle]
                     self._failed(trial, key, f"timeout: ran longer than {self.options.trial_timeout:g} s")
+            for handle, promotion in list(self.promoting.items()):
+                # A rung trains eta^k times the proxy's epochs: its time limit grows with it.
+                limit = self.options.trial_timeout * self.rung_epochs[promotion.rung] / self.rung_epochs[0]
+                if now - promotion.submitted > limit:
+                    pool.cancel(handle)
+                    del self.promoting[handle]
+                    self._record_rung(promotion, None, f"timeout: ran longer than {limit:g} s")
+
+    def _collect_rung(self, handle: Any) -> None:
+        promotion = self.promoting.pop(handle)
+        try:
+            evaluation: Evaluation = self._pool().result(handle)
+        except Exception as error:  # the training's own failure: recorded, never trained again
+            self._record_rung(promotion, None, describe_failure(error))
+            return
+        assert isinstance(evaluation.record, RungResult)
+        self._record_rung(promotion, evaluation)
+
+    def _record_rung(self, promotion: _Promotion, evaluation: Evaluation | None, failure: str | None = None) -> None:
+        """Save a rung's weights, then record its result in the study: a recorded rung always has its weights."""
+        if evaluation is None:
+            epochs = self.rung_epochs[promotion.rung]
+            seconds = time.monotonic() - promotion.submitted
+            result = RungResult(promotion.number, promotion.rung, epochs, None, seconds, failure=failure)
+        else:
+            assert isinstance(evaluation.record, RungResult)
+            result = evaluation.record
+            if evaluation.weights is not None:
+                path = run_folder.weights_path(self.run_dir, result.trial, rung=result.rung)
+                with atomic_path(path) as tmp:
+                    torch.save(evaluation.weights, tmp)
+        self.study.set_user_attr(result.key, result.to_dict())
+        if self.progress:
+            self.progress(SearchProgress.of(self.study, result.trial, result))
 
     def _started(self) -> int:
         return self.finished + len(self.in_flight) + sum(len(trials) for trials in self.waiting.values())

@@ -30,6 +30,7 @@ import optuna
 
 from mvit_nas.config import read_mapping
 from mvit_nas.data import DatasetSpec, ProxyData, load_dataset, native_resolution, parse_dataset_spec
+from mvit_nas.fidelity import FidelitySpec
 from mvit_nas.latency import LatencySpec, resolve_spec
 from mvit_nas.proxy import ProxySpec
 from mvit_nas.space import SearchSpace, load_space, parse_space
@@ -62,6 +63,7 @@ class SearchSettings:
     sampler: str = "tpe"
     seed: int = 0
     latency_source: str = "measured"
+    fidelity: FidelitySpec = field(default_factory=FidelitySpec)
 
     def __post_init__(self) -> None:
         check_choice("--latency", self.latency_source, LATENCY_SOURCES)
@@ -88,7 +90,7 @@ class SearchSettings:
         Latency is measured at ``threads`` CPU threads, :data:`SEARCH_THREADS` unless given.
         The proxy trains on the device latency is measured on. ``here=False``: the trials run
         on a cluster's workers, so this machine need not have the device. ``fields`` are the
-        other fields (``dataset``, ``sampler``, ``seed``, ``latency_source``).
+        other fields (``dataset``, ``sampler``, ``seed``, ``latency_source``, ``fidelity``).
         """
         threads = SEARCH_THREADS if threads is None else threads
         latency = resolve_spec(device=device, backend=backend, threads=threads, here=here)
@@ -133,7 +135,8 @@ class SearchSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as written to ``run.yaml`` (and sent to workers)."""
-        return {**dataclasses.asdict(self), "latency": self.latency.to_dict(), "proxy": self.proxy.to_dict()}
+        nested = {"latency": self.latency.to_dict(), "proxy": self.proxy.to_dict(), "fidelity": self.fidelity.to_dict()}
+        return {**dataclasses.asdict(self), **nested}
 
     @classmethod
     def from_dict(cls, data: Any) -> SearchSettings:
@@ -143,7 +146,13 @@ class SearchSettings:
             data["latency"] = LatencySpec.from_dict(data["latency"])
         if "proxy" in data:
             data["proxy"] = ProxySpec.from_dict(data["proxy"])
+        if "fidelity" in data:
+            data["fidelity"] = FidelitySpec.from_dict(data["fidelity"])
         return cls(**data)
+
+    def rung_epochs(self) -> tuple[float, ...]:
+        """The training epochs of each rung (rung 0 is the proxy; one rung unless the run halves)."""
+        return self.fidelity.schedule(self.proxy.epochs)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from mvit_nas.atomic import atomic_path, write_text
 from mvit_nas.config import ArchConfig
 from mvit_nas.data import ProxyData
 from mvit_nas.executors import Shared, node_name
+from mvit_nas.fidelity import VERIFY_FACTOR
 from mvit_nas.latency import device_lock, hardware_name
 from mvit_nas.proxy import TrialFailed, train
 from mvit_nas.report.front import front
@@ -53,7 +54,8 @@ from mvit_nas.validate import InputError, check_int, check_number, first_line
 
 __all__ = ["VerifyJob", "VerifyProgress", "plan_models", "train_job", "verify_run"]
 
-EPOCHS_FACTOR = 10  # default verification epochs: this many times the run's proxy epochs
+# default verification epochs: this many times the run's proxy epochs (also successive halving's last rung)
+EPOCHS_FACTOR = VERIFY_FACTOR
 DEFAULT_SEEDS = 2
 PLOT_FILE = "verify.png"
 

@@ -53,7 +53,7 @@ from optuna.trial import FrozenTrial
 
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
-from mvit_nas.report.front import fitted_seed_trials, front, hypervolume, seed_dominance, seed_trials
+from mvit_nas.report.front import fitted_seed_trials, front, hypervolume, rung_entries, seed_dominance, seed_trials
 from mvit_nas.report.models import (
     MODEL_FORMATS,
     TRIAL_FILE,
@@ -77,6 +77,7 @@ __all__ = [
     "fitted_seed_trials",
     "front",
     "hypervolume",
+    "rung_entries",
     "seed_dominance",
     "seed_trials",
     "timm_variant",

@@ -25,6 +25,7 @@ On a run's study::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ import optuna
 from optuna._hypervolume import compute_hypervolume
 from optuna.trial import FrozenTrial, TrialState
 
+from mvit_nas.fidelity import RungEntry, read_rungs, rung_front
 from mvit_nas.run import FRONT_DROPPED_ATTR, TrialRecord, is_feasible
 from mvit_nas.seeds import preset_of
 
@@ -45,6 +47,7 @@ __all__ = [
     "front",
     "hypervolume",
     "non_dominated",
+    "rung_entries",
     "seed_dominance",
     "seed_trials",
 ]
@@ -66,12 +69,43 @@ def dropped(study: optuna.Study) -> dict[int, str]:
     return {int(number): reason for number, reason in study.user_attrs.get(FRONT_DROPPED_ATTR, {}).items()}
 
 
+def rung_entries(study: optuna.Study) -> list[RungEntry]:
+    """Every architecture that got a score, as successive halving sees it: latency and its score at each rung.
+
+    Rung 0 is the trial's value; rungs >= 1 are its recorded :class:`~mvit_nas.fidelity.RungResult`
+    (a failed rung has no score). Feasible completed trials only, one per architecture
+    (a duplicate reuses its original's evaluation and is left out).
+    """
+    scores: dict[int, dict[int, float]] = {}
+    for (number, rung), result in read_rungs(study.user_attrs).items():
+        if result.score is not None:
+            scores.setdefault(number, {})[rung] = result.score
+    entries = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        record = TrialRecord.of(trial)
+        if is_feasible(trial) and record.duplicate_of is None and not record.failure:
+            rungs = {0: trial.values[0], **scores.get(trial.number, {})}
+            entries.append(RungEntry(trial.number, trial.values[1], rungs))
+    return entries
+
+
+def _at_top_rung(trial: FrozenTrial, entry: RungEntry) -> FrozenTrial:
+    """A copy of ``trial`` whose accuracy is its highest rung's score, with that rung in ``user_attrs["rung"]``."""
+    shown = copy.copy(trial)
+    shown.values = [entry.scores[entry.top], trial.values[1]]
+    shown.user_attrs = {**trial.user_attrs, "rung": entry.top}
+    return shown
+
+
 def front(study: optuna.Study) -> list[FrozenTrial]:
     """The feasible Pareto front, one trial per architecture, sorted by latency (fastest first).
 
     Without drops it is ``study.best_trials`` (Optuna drops infeasible trials);
     trials the final re-measurement found over budget (:func:`dropped`) are left out
-    and the front is taken over the rest. A configuration evaluated twice (a
+    and the front is taken over the rest. A run with successive halving's longer rungs
+    takes it by :func:`~mvit_nas.fidelity.rung_front` (scores compared only within a
+    rung), and each point's accuracy (``values[0]``) is its highest rung's score, that
+    rung in ``user_attrs["rung"]``. A configuration evaluated twice (a
     duplicate reuses the original's values) would appear twice, so only the
     earliest trial of each configuration (by ``config_key``) is kept.
 
@@ -80,7 +114,12 @@ def front(study: optuna.Study) -> list[FrozenTrial]:
         [t.number for t in front(study)]  # e.g. [7, 3, 12]
     """
     gone = dropped(study)
-    if gone:
+    if read_rungs(study.user_attrs):
+        # Successive halving: two architectures compare at the highest rung both reached.
+        entries = {e.trial: e for e in rung_entries(study) if e.trial not in gone}
+        trials = study.get_trials(deepcopy=False)
+        best = [_at_top_rung(trials[n], entries[n]) for n in rung_front(entries.values())]
+    elif gone:
         rest = {
             t.number: t
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -162,10 +201,16 @@ def fitted_seed_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     return {name: found[name] for name in sorted(found, key=rank)}
 
 
-def _compare(point: FrozenTrial, seed: FrozenTrial, accuracy_scale: float) -> dict[str, Any]:
-    """A front point against a within-budget seed (both trained: accuracies compare)."""
+def _compare(
+    point: FrozenTrial, seed: FrozenTrial, entries: Mapping[int, RungEntry], accuracy_scale: float
+) -> dict[str, Any]:
+    """A front point against a within-budget seed: both trained, so accuracies compare, at the highest common rung."""
     accuracy, latency = point.values
     seed_accuracy, seed_latency = seed.values
+    ours, theirs = entries.get(point.number), entries.get(seed.number)
+    rung = min(ours.top, theirs.top) if ours and theirs else 0
+    if ours and theirs:
+        accuracy, seed_accuracy = ours.scores[rung], theirs.scores[rung]
     saved = seed_latency - latency
     gain = accuracy - seed_accuracy
     return {
@@ -178,6 +223,7 @@ def _compare(point: FrozenTrial, seed: FrozenTrial, accuracy_scale: float) -> di
         and latency <= seed_latency
         and (gain > 0 or saved > 0),
         "same_trial": point.number == seed.number,
+        "rung": rung,
     }
 
 
@@ -191,7 +237,8 @@ def seed_dominance(study: optuna.Study, accuracy_scale: float = 100.0) -> list[d
     ``seed_trial``, ``dominates``, ``accuracy_gain`` in points, i.e. the accuracy
     difference times ``accuracy_scale`` (100 turns a top-1 fraction into percentage
     points), ``latency_saved_ms`` and ``latency_saved_pct`` (positive = faster than
-    the seed), and ``same_trial`` (the front point is the seed)).
+    the seed), ``same_trial`` (the front point is the seed) and ``rung`` (the successive-halving
+    rung whose scores were compared: the highest both reached; 0 in a single-fidelity run)).
 
     Example::
 
@@ -199,9 +246,10 @@ def seed_dominance(study: optuna.Study, accuracy_scale: float = 100.0) -> list[d
             print(row["trial"], row["dominates"], row["versus"]["xxs@160"]["latency_saved_ms"])
     """
     seeds = {name: trial for name, trial in fitted_seed_trials(study).items() if is_feasible(trial)}
+    entries = {entry.trial: entry for entry in rung_entries(study)}
     rows = []
     for point in front(study):
-        versus = {name: _compare(point, seed, accuracy_scale) for name, seed in seeds.items()}
+        versus = {name: _compare(point, seed, entries, accuracy_scale) for name, seed in seeds.items()}
         rows.append(
             {
                 "trial": point.number,

@@ -125,10 +125,12 @@ def _verified_training(run_dir: Path, number: int) -> str:
     return ""
 
 
-def _label(run_dir: Path, number: int, path: Path, verified: bool, settings: SearchSettings) -> str:
+def _label(run_dir: Path, number: int, path: Path, verified: bool, rung: int, settings: SearchSettings) -> str:
     relative = path.relative_to(run_dir).as_posix()
     if verified:
         return f"verified ({_verified_training(run_dir, number)}{relative})"
+    if rung:
+        return f"successive halving, rung {rung} ({_epochs(settings.rung_epochs()[rung])}, {relative})"
     return f"proxy-trained ({_epochs(settings.proxy.epochs)}, {relative})"
 
 
@@ -146,18 +148,20 @@ def _problem(path: Path, cfg: ArchConfig) -> str | None:
 def _trained_weights(
     run_dir: Path, trial: FrozenTrial, cfg: ArchConfig, settings: SearchSettings
 ) -> FrontWeights | str:
-    """The best usable weights of a front trial: verified, else proxy-trained; or why there are none."""
+    """The best usable weights of a front trial: verified, else the longest rung's (the proxy's is rung 0);
+    or why there are none."""
     duplicate_of = TrialRecord.of(trial).duplicate_of
     numbers = [trial.number] if duplicate_of is None else [trial.number, duplicate_of]  # trained as its original
+    longest_first = [(True, 0), *((False, rung) for rung in reversed(range(len(settings.rung_epochs()))))]
     problems = []
-    for verified in (True, False):
+    for verified, rung in longest_first:
         for number in numbers:
-            path = weights_path(run_dir, number, verified=verified)
+            path = weights_path(run_dir, number, verified=verified, rung=rung)
             if not path.is_file():
                 continue
             problem = _problem(path, cfg)
             if problem is None:
-                return FrontWeights(path, _label(run_dir, number, path, verified, settings))
+                return FrontWeights(path, _label(run_dir, number, path, verified, rung, settings))
             problems.append(problem)
     if problems:
         return problems[0]

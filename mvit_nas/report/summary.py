@@ -81,6 +81,35 @@ def _trials_section(study: optuna.Study) -> list[str]:
     ]
 
 
+def _rungs_section(table: pd.DataFrame, settings: SearchSettings) -> list[str]:
+    """Successive halving: how many architectures each rung trained, for how long, and its share of the training."""
+    epochs = settings.rung_epochs()
+    if len(epochs) == 1:
+        return []
+    trained = table[table["accuracy"].notna() & table["duplicate_of"].isna()]
+    counts = [(len(trained), 0, trained["proxy_seconds"].sum())]  # (trained, failed, seconds) per rung
+    for rung in range(1, len(epochs)):
+        ran = table[table[f"rung{rung}_epochs"].notna()] if f"rung{rung}_epochs" in table else table.iloc[:0]
+        failed = int(ran[f"rung{rung}_failure"].notna().sum()) if len(ran) else 0
+        counts.append((len(ran) - failed, failed, ran[f"rung{rung}_seconds"].sum() if len(ran) else 0.0))
+    frame = pd.DataFrame(counts, columns=["trained", "failed", "seconds"])
+    frame.insert(0, "epochs", epochs)
+    frame.insert(0, "rung", range(len(epochs)))
+    total = frame["seconds"].sum()
+    frame["share of training"] = [f"{100 * s / total:.0f}%" if total else "—" for s in frame["seconds"]]
+    frame["seconds"] = [_fmt(s, 0) for s in frame["seconds"]]
+    return [
+        "## Successive halving",
+        "",
+        f"eta {settings.fidelity.eta}: the best 1/{settings.fidelity.eta} of each rung (non-dominated sorting over "
+        "accuracy and latency) is trained afresh for the next rung's epochs; the front compares two architectures "
+        "at the highest rung both reached, and shows each point's highest rung.",
+        "",
+        markdown_table(frame),
+        "",
+    ]
+
+
 def _empty_front_reason(study: optuna.Study, budget_ms: float) -> str:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -115,6 +144,7 @@ def _front_table(
             "params (M)": [_fmt(p / 1e6, 3) if pd.notna(p) else "—" for p in rows["params"]],
             "MMACs": [_fmt(f / 1e6, 1) if pd.notna(f) else "—" for f in rows["flops"]],
             "resolution": list(rows["resolution"]),
+            "rung": [t.user_attrs.get("rung", 0) for t in front_trials],
             "seed": list(rows["seed"]),
             "files": [", ".join(files.get(t.number, [])) for t in front_trials],
         }
@@ -272,6 +302,7 @@ def summary_markdown(
     lines = [f"# mvit-nas run `{run_name}`", ""]
     lines += _settings_section(study, settings)
     lines += _trials_section(study)
+    lines += _rungs_section(table, settings)
     lines += _front_section(study, settings, front_trials, table, files, weights)
     lines += ["## Front against the seeds", "", markdown_table(_seeds_table(study, scale, unit)), ""]
     lines += _seeds_comparison(study, front_trials, scale, points)

@@ -23,6 +23,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial
 
+from mvit_nas.fidelity import read_rungs
 from mvit_nas.latency import LatencySpec, LatencyStats
 from mvit_nas.run import CONSTRAINT, TrialRecord, is_feasible
 from mvit_nas.settings import SearchSettings
@@ -49,7 +50,17 @@ _LATENCY_COLUMNS = [
 _COLUMNS = [
     *("number", "state", "seed", "config_key", "config", "params", "flops"),
     *_LATENCY_COLUMNS,
-    *(CONSTRAINT, "accuracy", "proxy_resolution", "feasible", "duration_s", "failure", "node", "hardware"),
+    *(
+        CONSTRAINT,
+        "accuracy",
+        "proxy_resolution",
+        "proxy_seconds",
+        "feasible",
+        "duration_s",
+        "failure",
+        "node",
+        "hardware",
+    ),
     *("duplicate_of", "retry_of", "datetime_start", "datetime_complete"),
 ]
 
@@ -123,6 +134,7 @@ def _trial_row(trial: FrozenTrial, record: TrialRecord) -> dict[str, Any]:
         CONSTRAINT: trial.constraints.get(CONSTRAINT),
         "accuracy": record.accuracy,  # None when over budget: never trained, not "0 % accurate"
         "proxy_resolution": record.proxy_resolution,  # the input size the proxy scored the architecture at
+        "proxy_seconds": record.proxy_seconds,
         "feasible": feasible,
         "duration_s": record.duration_s,
         "failure": record.failure,
@@ -154,8 +166,28 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     configs = [r.config.to_dict() if r.config is not None else {} for r in records]
     knobs = pd.json_normalize(configs, sep=".").add_prefix("config.") if trials else pd.DataFrame()
     at = base.columns.get_loc("config") + 1
-    frame = pd.concat([base.iloc[:, :at], knobs, base.iloc[:, at:]], axis=1)
+    frame = pd.concat([base.iloc[:, :at], knobs, base.iloc[:, at:], _rung_columns(study, base["number"])], axis=1)
     return frame.convert_dtypes()
+
+
+def _rung_columns(study: optuna.Study, numbers: pd.Series) -> pd.DataFrame:
+    """Successive halving's longer rungs: ``rung`` (the highest a trial has a score at; 0: the proxy's) and
+    ``rung<k>_accuracy``, ``_epochs``, ``_seconds``, ``_failure`` per rung k >= 1; no column in a single-fidelity run.
+    """
+    results = read_rungs(study.user_attrs)
+    if not results:
+        return pd.DataFrame(index=numbers.index)
+    scored = {trial.number for trial in study.get_trials(deepcopy=False) if trial.values is not None}
+    cells: dict[str, list[Any]] = {"rung": []}
+    for number in numbers:
+        reached = [rung for (trial, rung), result in results.items() if trial == number and result.score is not None]
+        cells["rung"].append(max(reached, default=0) if number in scored else None)
+    for rung in sorted({rung for _, rung in results}):
+        found = [results.get((number, rung)) for number in numbers]
+        cells[f"rung{rung}_accuracy"] = [r.score if r else None for r in found]
+        for name in ("epochs", "seconds", "failure"):
+            cells[f"rung{rung}_{name}"] = [getattr(r, name) if r else None for r in found]
+    return pd.DataFrame(cells, index=numbers.index)
 
 
 def pareto_frame(

@@ -43,12 +43,32 @@ sys.path.insert(0, "tests")
 sys.path.insert(0, "tests/reliability")
 import reliability_helpers
 reliability_helpers.install_kill_hook()
+reliability_helpers.log_rung_trainings()
 from helpers import tiny_settings
+from mvit_nas.fidelity import FidelitySpec
 from mvit_nas.search import search
-search(tiny_settings(), sys.argv[1], trials=int(sys.argv[2]), executor="local", workers=1)
+halving = {"fidelity": FidelitySpec("halving", eta=2, max_epochs=0.04)} if sys.argv[3:] == ["halving"] else {}
+search(tiny_settings(**halving), sys.argv[1], trials=int(sys.argv[2]), executor="local", workers=1)
 """
 KILL_ENV = "RELIABILITY_KILL_AT"
-KILL_POINTS = ("data", "suggest", "requeue", "submit", "commit", "proxy", "told")
+KILL_POINTS = ("data", "suggest", "requeue", "submit", "commit", "proxy", "told", "rung")
+RUNG_LOG_ENV = "RELIABILITY_RUNG_LOG"  # a file that gets "<trial> <rung>" for every rung training started
+
+
+def log_rung_trainings() -> None:
+    """In a driver subprocess: append each successive-halving training it starts to the :data:`RUNG_LOG_ENV` file."""
+    log = os.environ.get(RUNG_LOG_ENV)
+    if not log:
+        return
+    evaluation = importlib.import_module("mvit_nas.evaluation")
+    original = evaluation.train_rung
+
+    def logged(number: int, cfg: Any, rung: int, *args: Any) -> Any:
+        with open(log, "a") as handle:
+            handle.write(f"{number} {rung}\n")
+        return original(number, cfg, rung, *args)
+
+    evaluation.train_rung = logged
 
 
 def install_kill_hook() -> None:
@@ -64,7 +84,8 @@ def install_kill_hook() -> None:
     - ``submit``: a trial was asked and its config recorded, not yet evaluated;
     - ``commit``: in a storage transaction, after its statements ran and before COMMIT;
     - ``proxy``: mid-trial, latency measured, proxy training about to start;
-    - ``told``: a trial's result has just been committed (the n-th finished trial).
+    - ``told``: a trial's result has just been committed (the n-th finished trial);
+    - ``rung``: a successive-halving rung's result has just been recorded (the n-th one).
 
     The kill is a real ``SIGKILL`` of the driver's own process: no handler, no cleanup.
     """
@@ -115,6 +136,8 @@ def install_kill_hook() -> None:
         before(importlib.import_module("mvit_nas.evaluation"), "evaluate_proxy")
     elif point == "told":
         after(search_module._Driver, "_count")
+    elif point == "rung":
+        after(search_module._Driver, "_record_rung")
     elif point == "commit":
         import sqlalchemy
 
@@ -123,8 +146,8 @@ def install_kill_hook() -> None:
         raise ValueError(f"unknown kill point {point!r}; use one of {KILL_POINTS}")
 
 
-def driver_command(run_dir: Path, trials: int) -> list[str]:
-    return [sys.executable, "-c", DRIVER, str(run_dir), str(trials)]
+def driver_command(run_dir: Path, trials: int, halving: bool = False) -> list[str]:
+    return [sys.executable, "-c", DRIVER, str(run_dir), str(trials), *(["halving"] if halving else [])]
 
 
 def driver_env(kill_at: str | None = None, faults: str | None = None) -> dict[str, str]:
@@ -136,12 +159,27 @@ def driver_env(kill_at: str | None = None, faults: str | None = None) -> dict[st
     return env
 
 
-def run_driver(run_dir: Path, trials: int, kill_at: str | None = None, timeout: float = 300) -> int:
-    """Run the driver to its end (or its planned kill); its return code (``-9`` when killed)."""
+def run_driver(
+    run_dir: Path,
+    trials: int,
+    kill_at: str | None = None,
+    timeout: float = 300,
+    *,
+    halving: bool = False,
+    rung_log: Path | None = None,
+) -> int:
+    """Run the driver to its end (or its planned kill); its return code (``-9`` when killed).
+
+    ``halving``: with successive halving (eta 2, rungs of 0.01, 0.02 and 0.04 epochs); ``rung_log``:
+    the file each rung training started is appended to.
+    """
+    env = driver_env(kill_at)
+    if rung_log is not None:
+        env[RUNG_LOG_ENV] = str(rung_log)
     result = subprocess.run(
-        driver_command(run_dir, trials),
+        driver_command(run_dir, trials, halving),
         cwd=REPO,
-        env=driver_env(kill_at),
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,

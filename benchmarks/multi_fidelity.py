@@ -1,0 +1,180 @@
+"""Successive halving against the single-budget search, at equal wall time, on real images, scored by verification.
+
+For each arm (``single``: every architecture gets the proxy; ``halving``: successive
+halving, eta 3, its last rung the verification budget) and each seed: the whole
+pipeline a user runs (:func:`mvit_nas.pipeline.run_search`: search on Ray with 2
+workers, stopped after ``--minutes`` of wall time, then the final re-measurement
+of the front) on the shared CIFAR-10 at the default 5 ms budget. The proxy trains
+``--proxy-images`` images per architecture (the default proxy trains 3,200 on the
+generated data). Then :func:`mvit_nas.verify.verify_run` trains every front point
+and every budget-fitted seed for the verification budget (10x the proxy's images,
+``--verify-seeds`` training seeds), and each run's front is scored by the
+hypervolume of its *verified* points (accuracy, judged latency) up to (0, budget),
+next to the verified fitted seeds' hypervolume and the verification's verdicts.
+
+Goal (issue 14): halving's mean verified hypervolume >= 1.1 x single's.
+
+Resumable: each finished (arm, seed) is appended to
+``results/benchmarks/multi_fidelity/runs.jsonl``; a restarted benchmark skips those
+and resumes an unfinished run folder (whose search then gets a fresh ``--minutes``:
+the recorded wall time says what it really had). The summary is rewritten after
+every run, marked partial until every (arm, seed) is done.
+
+Run::
+
+    nohup python -m benchmarks.multi_fidelity --dataset folder:../shared/datasets/cifar10 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import RESULTS_DIR, write_result
+from mvit_nas.fidelity import FidelitySpec
+from mvit_nas.pipeline import run_search
+from mvit_nas.report import hypervolume, rung_entries
+from mvit_nas.report.verification import VerifiedModel
+from mvit_nas.run import read_study
+from mvit_nas.settings import RunOptions, SearchSettings
+from mvit_nas.verify import verify_run
+
+NAME = "multi_fidelity"
+STATE_DIR = RESULTS_DIR / NAME
+RUNS_FILE = STATE_DIR / "runs.jsonl"
+GOAL_RATIO = 1.1
+TRAIN_IMAGES = 45_000  # CIFAR-10's train split less the held-out 10%
+ARMS = ("single", "halving")
+
+
+def _settings(arm: str, seed: int, args: argparse.Namespace) -> SearchSettings:
+    return SearchSettings.create(
+        args.budget_ms,
+        epochs=args.proxy_images / TRAIN_IMAGES,
+        dataset=args.dataset,
+        seed=seed,
+        fidelity=FidelitySpec(arm),
+    )
+
+
+def _point(model: VerifiedModel, rung: int) -> dict[str, Any]:
+    return {
+        "trial": model.trial,
+        "latency_ms": model.latency_ms,
+        "search_score": model.proxy_score,
+        "rung": rung,
+        "verified": model.accuracy,
+        "verified_each": list(model.accuracies),
+    }
+
+
+def _score(run_dir: Path, budget_ms: float, verify_seeds: int, workers: int) -> dict[str, Any]:
+    """Verify the run's front and fitted seeds; the hypervolumes of both, verified, and the verdicts."""
+    report = verify_run(run_dir, seeds=verify_seeds, workers=workers)
+    front = [m for m in report.models if m.on_front and m.accuracies]
+    seeds = [m for m in report.models if m.is_seed and m.accuracies]
+    reference = (0.0, budget_ms)
+    study = read_study(run_dir)
+    tops = {entry.trial: entry.top for entry in rung_entries(study)}
+    return {
+        "verify_epochs": report.epochs,
+        "front": [_point(m, tops.get(m.trial, 0)) for m in front],
+        "fitted_seeds": [{"seed": m.role, "latency_ms": m.latency_ms, "verified": m.accuracy} for m in seeds],
+        "hypervolume_verified_front": hypervolume([(m.accuracy, m.latency_ms) for m in front], reference),
+        "hypervolume_verified_seeds": hypervolume([(m.accuracy, m.latency_ms) for m in seeds], reference),
+        "verdicts": [{"trial": c.trial, "seed": c.seed, "verdict": c.verdict} for c in report.comparisons],
+        "kendall_tau_search_vs_verified": report.kendall_tau,
+    }
+
+
+def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    run_dir = args.workdir / f"{arm}-seed{seed}"
+    options = RunOptions(trials=10_000, timeout=60 * args.minutes, workers=args.workers)
+    started = time.monotonic()
+    result = run_search(_settings(arm, seed, args), run_dir, options)
+    search_seconds = time.monotonic() - started
+    study = read_study(run_dir)
+    rungs: dict[int, int] = {}
+    for entry in rung_entries(study):
+        for rung in entry.scores:
+            rungs[rung] = rungs.get(rung, 0) + 1
+    started = time.monotonic()
+    scored = _score(run_dir, args.budget_ms, args.verify_seeds, args.workers)
+    return {
+        "arm": arm,
+        "seed": seed,
+        "search_seconds": search_seconds,
+        "finished_trials": result.outcome.finished,
+        "architectures_per_rung": {str(k): v for k, v in sorted(rungs.items())},
+        "verify_seconds": time.monotonic() - started,
+        **scored,
+    }
+
+
+def _summarise(runs: list[dict[str, Any]], planned: int, args: argparse.Namespace) -> dict[str, Any]:
+    by_arm = {arm: [r for r in runs if r["arm"] == arm] for arm in ARMS}
+    mean_hv = {
+        arm: statistics.fmean(r["hypervolume_verified_front"] for r in rs) if rs else None for arm, rs in by_arm.items()
+    }
+    ratio = mean_hv["halving"] / mean_hv["single"] if mean_hv["halving"] is not None and mean_hv["single"] else None
+    beats = {
+        arm: [r["hypervolume_verified_front"] > r["hypervolume_verified_seeds"] for r in rs]
+        for arm, rs in by_arm.items()
+    }
+    partial = len(runs) < planned
+    return {
+        "goal": f"halving's mean verified hypervolume >= {GOAL_RATIO} x single's, at equal wall time",
+        "passed": (not partial) and ratio is not None and ratio >= GOAL_RATIO,
+        "partial": partial,
+        "runs_done": len(runs),
+        "runs_planned": planned,
+        "budget_ms": args.budget_ms,
+        "minutes_per_run": args.minutes,
+        "proxy_images": args.proxy_images,
+        "dataset": args.dataset,
+        "summary": {
+            "mean_hypervolume_verified_front": mean_hv,
+            "hypervolume_ratio_halving_over_single": ratio,
+            "front_beats_fitted_seeds_hypervolume": beats,
+        },
+        "runs": runs,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="folder:../shared/datasets/cifar10")
+    parser.add_argument("--budget-ms", type=float, default=5.0)
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall time of each search")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--proxy-images", type=int, default=3_200)
+    parser.add_argument("--verify-seeds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / f"mvit-nas-{NAME}")
+    args = parser.parse_args()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    runs = [json.loads(line) for line in RUNS_FILE.read_text().splitlines()] if RUNS_FILE.exists() else []
+    plan = [(arm, seed) for seed in args.seeds for arm in args.arms]  # interleaved: a stopped run leaves both arms
+    for arm, seed in plan:
+        if any(r["arm"] == arm and r["seed"] == seed for r in runs):
+            continue
+        print(f"{arm} seed {seed}: searching {args.minutes:g} min", flush=True)
+        run = _run(arm, seed, args)
+        with RUNS_FILE.open("a") as handle:
+            handle.write(json.dumps(run) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        runs.append(run)
+        print(f"{arm} seed {seed}: verified hypervolume {run['hypervolume_verified_front']:.4f}", flush=True)
+        write_result(NAME, _summarise(runs, len(plan), args))
+    print(write_result(NAME, _summarise(runs, len(plan), args)))
+
+
+if __name__ == "__main__":
+    main()
