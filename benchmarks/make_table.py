@@ -32,6 +32,7 @@ SUITE = (
     "proxy_fidelity",
     "proxy_fidelity_real",
     "search_efficiency",
+    "multi_fidelity",
     "scaling",
     "vs_timm",
     "cost",
@@ -46,6 +47,13 @@ MEASURES: dict[str, tuple[str, ...]] = {
     "latency_under_load": ("mvit_nas/latency", "mvit_nas/model.py", "mvit_nas/search.py", "mvit_nas/evaluation.py"),
     "proxy_fidelity": ("mvit_nas/proxy", "mvit_nas/data", "mvit_nas/model.py"),
     "proxy_fidelity_real": ("mvit_nas/proxy", "mvit_nas/data", "mvit_nas/model.py"),
+    "multi_fidelity": (
+        "mvit_nas/search.py",
+        "mvit_nas/fidelity.py",
+        "mvit_nas/evaluation.py",
+        "mvit_nas/proxy",
+        "mvit_nas/verify.py",
+    ),
     "search_efficiency": ("mvit_nas/search.py", "mvit_nas/settings.py", "mvit_nas/space.py", "mvit_nas/report"),
     "scaling": ("mvit_nas/search.py", "mvit_nas/executors.py", "mvit_nas/evaluation.py", "mvit_nas/proxy"),
     "vs_timm": ("mvit_nas/model.py", "mvit_nas/latency"),
@@ -159,6 +167,27 @@ def _proxy_fidelity_real(p: dict[str, Any]) -> str:
     )
 
 
+def _multi_fidelity(p: dict[str, Any]) -> str:
+    s = p["summary"]
+    hv = s["mean_hypervolume_verified_front"]
+    ratio = s["hypervolume_ratio_halving_over_single"]
+
+    def shown(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    partial = f"PARTIAL ({p['runs_done']}/{p['runs_planned']} runs): " if p.get("partial") else ""
+    runs = "; ".join(
+        f"{r['arm']} seed {r['seed']}: {r['finished_trials']} trials, rungs {r['architectures_per_rung']}, "
+        f"front {len(r['front'])}, verified HV {r['hypervolume_verified_front']:.3f} "
+        f"(fitted seeds {r['hypervolume_verified_seeds']:.3f})"
+        for r in p["runs"]
+    )
+    return (
+        f"{partial}{p['minutes_per_run']:g} min per search, {p['proxy_images']} proxy images; mean verified "
+        f"hypervolume single {shown(hv['single'])}, halving {shown(hv['halving'])}, ratio {shown(ratio)}; {runs}"
+    )
+
+
 def _gpu(p: dict[str, Any]) -> str:
     s = p["summary"]
     return (
@@ -178,6 +207,7 @@ def _default_search(p: dict[str, Any]) -> str:
 
 SUMMARIES: dict[str, Callable[[dict[str, Any]], str]] = {
     "default_search": _default_search,
+    "multi_fidelity": _multi_fidelity,
     "latency_predictor": _latency_predictor,
     "latency_repeatability": _latency_repeatability,
     "proxy_fidelity_real": _proxy_fidelity_real,

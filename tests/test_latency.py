@@ -438,6 +438,30 @@ def test_calibration_times_the_reference_model_and_round_trips(monkeypatch: pyte
     assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
 
 
+def test_a_calibration_keeps_its_fastest_burst(monkeypatch: pytest.MonkeyPatch) -> None:
+    medians = iter([2.4, 1.6, 1.9])  # the first burst caught a passing load
+    spec = resolve_spec(device="cpu", backend="eager", height=64, **FAST)
+    stats = relative.Benchmark(nn.Conv2d(3, 4, 1), spec, peak_memory=False).run()
+    monkeypatch.setattr(relative, "reference_model", lambda: nn.Conv2d(3, 4, 1))
+    monkeypatch.setattr(
+        relative.Benchmark, "run", lambda self, lock=None: dataclasses.replace(stats, median_ms=next(medians))
+    )
+    assert calibrate(spec).reference_ms == 1.6
+
+
+def test_a_run_judges_by_its_quietest_calibration_on_the_same_hardware_and_spec() -> None:
+    spec = resolve_spec(device="cpu", backend="eager", height=64, **FAST)
+    ref = relative.reference_spec(spec)
+    history = [
+        Calibration(2.4, ref, hardware="cpu: A"),  # a start on a busy machine
+        Calibration(1.6, ref, hardware="cpu: A"),  # a quiet resume
+        Calibration(0.9, ref, hardware="cpu: B"),  # another machine: never counts
+        Calibration(1.0, dataclasses.replace(ref, threads=ref.threads + 1), hardware="cpu: A"),  # another spec
+    ]
+    assert relative.quietest(history, spec, "cpu: A") == history[1]
+    assert relative.quietest(history, spec, "cpu: C") is None
+
+
 def _judged(low_ms: float, high_ms: float, spec: LatencySpec) -> LatencyStats:
     mid = (low_ms + high_ms) / 2
     return LatencyStats(mid, mid, mid, mid, 50, spec, None, reference_ms=1.0, ratio=mid, ratio_low=low_ms,

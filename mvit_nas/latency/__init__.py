@@ -32,6 +32,7 @@ from mvit_nas.latency.relative import (
     calibrate,
     interleave,
     measure_judged,
+    quietest,
     reference_model,
     reference_spec,
 )
@@ -96,6 +97,7 @@ __all__ = [
     "measure_judged",
     "ort_session",
     "prepare",
+    "quietest",
     "reference_model",
     "reference_spec",
     "resolve_spec",
