@@ -96,9 +96,10 @@ def calibrate(spec: LatencySpec, lock: DeviceLock | None = None, bursts: int = C
     """Time the reference alone under ``spec`` (its own input size), holding ``lock`` exclusively while timing.
 
     The reference is timed ``bursts`` times, :data:`CALIBRATION_PAUSE_S` apart (at most
-    ``spec.min_seconds``: a quick spec of tests does not wait), and the fastest median counts: a passing load (a process starting, a cache being written)
-    slows one burst, not all, and a slow calibration would inflate every judged
-    latency of the run (seen: 2.43 ms against 1.58 ms, judged latencies 30-40% high).
+    ``spec.min_seconds``: a quick spec of tests does not wait), and the fastest median
+    counts: a passing load (a process starting, a cache being written) slows one burst,
+    not all, and a slow calibration would inflate every judged latency of the run
+    (seen: 2.43 ms against 1.58 ms, judged latencies 30-40% high).
     """
     benchmark = Benchmark(reference_model(), reference_spec(spec), peak_memory=False)
     medians = []

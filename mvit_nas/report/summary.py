@@ -135,7 +135,7 @@ def _front_table(
 ) -> pd.DataFrame:
     rows = table.set_index("number").loc[[t.number for t in front_trials]]
     spreads = zip(rows["latency_p10_ms"], rows["latency_p90_ms"], strict=True)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "trial": rows.index,
             f"accuracy ({unit})": [_fmt(t.values[0] * scale, 2) for t in front_trials],
@@ -144,11 +144,13 @@ def _front_table(
             "params (M)": [_fmt(p / 1e6, 3) if pd.notna(p) else "—" for p in rows["params"]],
             "MMACs": [_fmt(f / 1e6, 1) if pd.notna(f) else "—" for f in rows["flops"]],
             "resolution": list(rows["resolution"]),
-            "rung": [t.user_attrs.get("rung", 0) for t in front_trials],
             "seed": list(rows["seed"]),
             "files": [", ".join(files.get(t.number, [])) for t in front_trials],
         }
     )
+    if any("rung" in t.user_attrs for t in front_trials):  # successive halving: the rung each score is from
+        frame.insert(frame.columns.get_loc("seed"), "rung", [t.user_attrs.get("rung", 0) for t in front_trials])
+    return frame
 
 
 def _front_section(
