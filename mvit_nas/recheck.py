@@ -21,12 +21,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mvit_nas import run as run_folder
 from mvit_nas.atomic import write_text
-from mvit_nas.latency import Benchmark, calibrate, device_lock, interleave, reference_model, reference_spec
+from mvit_nas.config import ArchConfig
+from mvit_nas.latency import (
+    Benchmark,
+    Calibration,
+    DeviceLock,
+    LatencySpec,
+    LatencyStats,
+    calibrate,
+    device_lock,
+    interleave,
+    reference_model,
+    reference_spec,
+)
 from mvit_nas.model import build_model
 from mvit_nas.report import front
 from mvit_nas.report.front import dropped
@@ -57,6 +70,22 @@ class FrontLatency:
     dropped: str | None = None
 
 
+def measure_together(
+    configs: Sequence[ArchConfig], spec: LatencySpec, calibration: Calibration, lock: DeviceLock | None = None
+) -> list[LatencyStats]:
+    """Time every config (each at its own resolution, under ``spec``) interleaved with the others and the reference.
+
+    :data:`SECONDS_PER_POINT_FACTOR` x ``spec.min_seconds`` per config; one judged record each, in order.
+    """
+    benchmarks = []
+    for cfg in configs:
+        sized = dataclasses.replace(spec, height=cfg.resolution, width=cfg.resolution)
+        benchmarks.append(Benchmark(build_model(cfg), sized, peak_memory=False))
+    reference = Benchmark(reference_model(), reference_spec(spec), peak_memory=False)
+    seconds = SECONDS_PER_POINT_FACTOR * spec.min_seconds * len(configs)
+    return interleave(benchmarks, reference, calibration, seconds, lock)
+
+
 def check_front(run_dir: str | Path) -> list[FrontLatency]:
     """Re-measure the front of the run in ``run_dir`` until every point on it fits; write ``front_latency.json``."""
     run_dir = Path(run_dir)
@@ -68,15 +97,9 @@ def check_front(run_dir: str | Path) -> list[FrontLatency]:
     rows: dict[int, FrontLatency] = {}
     gone = {str(number): reason for number, reason in dropped(study).items()}
     while points := [t for t in front(study) if t.number not in rows]:
-        benchmarks = []
-        for trial in points:
-            cfg = TrialRecord.of(trial).config
-            assert cfg is not None  # a front point was evaluated
-            spec = dataclasses.replace(settings.latency, height=cfg.resolution, width=cfg.resolution)
-            benchmarks.append(Benchmark(build_model(cfg), spec, peak_memory=False))
-        reference = Benchmark(reference_model(), reference_spec(settings.latency), peak_memory=False)
-        seconds = SECONDS_PER_POINT_FACTOR * settings.latency.min_seconds * len(points)
-        for trial, stats in zip(points, interleave(benchmarks, reference, calibration, seconds, lock), strict=True):
+        configs = [TrialRecord.of(trial).config for trial in points]
+        measured = measure_together(configs, settings.latency, calibration, lock)  # type: ignore[arg-type]
+        for trial, stats in zip(points, measured, strict=True):
             low, high = stats.judged_interval_ms
             fits = stats.judged_ms <= budget
             reason = None
