@@ -178,13 +178,13 @@ def _multi_fidelity(p: dict[str, Any]) -> str:
     partial = f"PARTIAL ({p['runs_done']}/{p['runs_planned']} runs): " if p.get("partial") else ""
     runs = "; ".join(
         f"{r['arm']} seed {r['seed']}: {r['finished_trials']} trials, rungs {r['architectures_per_rung']}, "
-        f"front {len(r['front'])}, verified HV {r['hypervolume_verified_front']:.3f} "
-        f"(fitted seeds {r['hypervolume_verified_seeds']:.3f})"
+        f"front {len(r['front'])}, verified HV with its own latencies {r['hypervolume_verified_front']:.3f}"
         for r in p["runs"]
     )
     return (
-        f"{partial}{p['minutes_per_run']:g} min per search, {p['proxy_images']} proxy images; mean verified "
-        f"hypervolume single {shown(hv['single'])}, halving {shown(hv['halving'])}, ratio {shown(ratio)}; {runs}"
+        f"{partial}{len(p['runs'])} runs of {p['minutes_per_run']:g} min, {p['proxy_images']} proxy images; mean "
+        f"verified hypervolume ({s.get('latencies', 'as searched')}) single {shown(hv['single'])}, halving "
+        f"{shown(hv['halving'])}, ratio {shown(ratio)}; {runs}"
     )
 
 
