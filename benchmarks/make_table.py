@@ -53,6 +53,8 @@ MEASURES: dict[str, tuple[str, ...]] = {
         "mvit_nas/evaluation.py",
         "mvit_nas/proxy",
         "mvit_nas/verify.py",
+        "mvit_nas/latency",
+        "mvit_nas/recheck.py",
     ),
     "search_efficiency": ("mvit_nas/search.py", "mvit_nas/settings.py", "mvit_nas/space.py", "mvit_nas/report"),
     "scaling": ("mvit_nas/search.py", "mvit_nas/executors.py", "mvit_nas/evaluation.py", "mvit_nas/proxy"),

@@ -97,8 +97,9 @@ def check_front(run_dir: str | Path) -> list[FrontLatency]:
     rows: dict[int, FrontLatency] = {}
     gone = {str(number): reason for number, reason in dropped(study).items()}
     while points := [t for t in front(study) if t.number not in rows]:
-        configs = [TrialRecord.of(trial).config for trial in points]
-        measured = measure_together(configs, settings.latency, calibration, lock)  # type: ignore[arg-type]
+        configs = [cfg for trial in points if (cfg := TrialRecord.of(trial).config) is not None]
+        assert len(configs) == len(points)  # a front point was evaluated: it has its config
+        measured = measure_together(configs, settings.latency, calibration, lock)
         for trial, stats in zip(points, measured, strict=True):
             low, high = stats.judged_interval_ms
             fits = stats.judged_ms <= budget
