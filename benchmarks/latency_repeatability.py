@@ -1,7 +1,7 @@
 """Repeatability of the judged latency across processes, on an idle machine and with a busy core beside it.
 
-A search calibrates the reference once, quietly, at its start, and then judges
-every trial in a worker process as ratio-to-the-reference x that calibration
+A search calibrates the references once, quietly, at its start, and then judges
+every trial in a worker process as ratio-to-the-references x that calibration
 (:mod:`mvit_nas.latency.relative`). This benchmark does the same: per thread
 count, one child process calibrates on the idle machine; then each preset (xxs,
 xs, s at 256 px, the default CPU backend, ONNX Runtime) is measured R times, each
@@ -107,7 +107,7 @@ def main() -> None:
         for threads in thread_counts:
             calibration_file = str(Path(scratch) / f"calibration-{threads}.json")
             reference = _child("calibrate", threads, calibration_file)["reference_ms"]
-            _log(f"{threads} thread(s): reference calibrated at {reference:.3f} ms")
+            _log(f"{threads} thread(s): references calibrated at {reference} ms")
             per_condition: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for condition in ("idle", "busy"):
                 busy = _busy_loop(threads) if condition == "busy" else None

@@ -45,8 +45,7 @@ from mvit_nas.latency import (
     calibrate,
     device_lock,
     interleave,
-    reference_model,
-    reference_spec,
+    ladder,
 )
 from mvit_nas.model import build_model
 from mvit_nas.run import STORAGE_FILE
@@ -78,15 +77,14 @@ def running_trials(run_dir: Path) -> int:
 
 
 def measure(
-    pair: tuple[Benchmark, Benchmark],
+    bench: Benchmark,
     calibration: Calibration,
     lock: DeviceLock,
     phase: str,
     run_dir: Path | None = None,
 ) -> dict[str, Any]:
     in_flight = running_trials(run_dir) if run_dir is not None else 0
-    bench, reference = pair
-    stats = interleave([bench], reference, calibration, bench.spec.min_seconds, lock)[0]
+    stats = interleave([bench], ladder(bench.spec, calibration), calibration, bench.spec.min_seconds, lock)[0]
     low, high = stats.judged_interval_ms
     row = {
         "phase": phase,
@@ -115,8 +113,7 @@ def main() -> None:
     cfg = preset(VARIANT)
     spec = dataclasses.replace(spec, height=cfg.resolution, width=cfg.resolution)
     load_before, started = os.getloadavg(), time.perf_counter()
-    # Exported once: every round times the same two sessions.
-    pair = (Benchmark(build_model(cfg), spec), Benchmark(reference_model(), reference_spec(spec), peak_memory=False))
+    bench = Benchmark(build_model(cfg), spec)  # exported once: every round times the same sessions
 
     rows: list[dict[str, Any]] = []
     error = None
@@ -124,7 +121,7 @@ def main() -> None:
         run_dir = Path(scratch) / "run"
         lock = device_lock("cpu")  # the very lock the search's trials take
         calibration = calibrate(spec, lock)  # idle, once, as a run does at its start
-        rows += [measure(pair, calibration, lock, "idle") for _ in range(idle_rounds)]
+        rows += [measure(bench, calibration, lock, "idle") for _ in range(idle_rounds)]
 
         child = multiprocessing.get_context("spawn").Process(target=_run_search, args=(str(run_dir), SEARCH_TRIALS))
         child.start()
@@ -140,7 +137,7 @@ def main() -> None:
                     if not child.is_alive():
                         error = "the background search ended before the loaded measurements were done"
                         break
-                    rows.append(measure(pair, calibration, lock, "loaded", run_dir))
+                    rows.append(measure(bench, calibration, lock, "loaded", run_dir))
                     time.sleep(gap_s)
         finally:
             if child.is_alive():

@@ -37,8 +37,7 @@ from mvit_nas.latency import (
     calibrate,
     device_lock,
     interleave,
-    reference_model,
-    reference_spec,
+    ladder,
 )
 from mvit_nas.model import build_model
 from mvit_nas.report import front
@@ -73,7 +72,7 @@ class FrontLatency:
 def measure_together(
     configs: Sequence[ArchConfig], spec: LatencySpec, calibration: Calibration, lock: DeviceLock | None = None
 ) -> list[LatencyStats]:
-    """Time every config (each at its own resolution, under ``spec``) interleaved with the others and the reference.
+    """Time every config (each at its own resolution, under ``spec``) interleaved with the others and the references.
 
     :data:`SECONDS_PER_POINT_FACTOR` x ``spec.min_seconds`` per config; one judged record each, in order.
     """
@@ -81,9 +80,8 @@ def measure_together(
     for cfg in configs:
         sized = dataclasses.replace(spec, height=cfg.resolution, width=cfg.resolution)
         benchmarks.append(Benchmark(build_model(cfg), sized, peak_memory=False))
-    reference = Benchmark(reference_model(), reference_spec(spec), peak_memory=False)
     seconds = SECONDS_PER_POINT_FACTOR * spec.min_seconds * len(configs)
-    return interleave(benchmarks, reference, calibration, seconds, lock)
+    return interleave(benchmarks, ladder(spec, calibration), calibration, seconds, lock)
 
 
 def check_front(run_dir: str | Path) -> list[FrontLatency]:

@@ -405,9 +405,9 @@ def test_every_onnx_runtime_session_the_package_creates_has_spinning_off(monkeyp
 
 def test_a_judged_measurement_records_the_reference_the_ratio_and_its_interval() -> None:
     spec = resolve_spec(device="cpu", backend="eager", height=32, **FAST)
-    calibration = Calibration(reference_ms=2.0, spec=spec)
+    calibration = Calibration(reference_ms={"narrow": 2.0}, spec=spec)
     wide, narrow = nn.Conv2d(3, 64, 3, padding=1), nn.Conv2d(3, 4, 1)
-    stats = measure_judged(wide, spec, calibration, reference=narrow)
+    stats = measure_judged(wide, spec, calibration, references={"narrow": narrow})
     assert stats.reference_ms == 2.0 and stats.reference_median_ms is not None and stats.reference_median_ms > 0
     assert stats.ratio is not None and stats.ratio_low is not None and stats.ratio_high is not None
     assert stats.ratio_low <= stats.ratio <= stats.ratio_high
@@ -421,42 +421,95 @@ def test_a_judged_measurement_records_the_reference_the_ratio_and_its_interval()
 
 def test_interleaved_candidates_share_the_reference_rounds() -> None:
     spec = resolve_spec(device="cpu", backend="eager", height=32, **FAST)
-    calibration = Calibration(reference_ms=1.0, spec=spec)
+    calibration = Calibration(reference_ms={"conv": 1.0}, spec=spec)
     candidates = [timing.Benchmark(nn.Conv2d(3, c, 3), spec, peak_memory=False) for c in (4, 32)]
-    reference = timing.Benchmark(nn.Conv2d(3, 8, 3), spec, peak_memory=False)
+    reference = {"conv": timing.Benchmark(nn.Conv2d(3, 8, 3), spec, peak_memory=False)}
     small, large = relative.interleave(candidates, reference, calibration, seconds=0.0)
     assert small.n >= relative.MIN_ROUNDS and large.n >= relative.MIN_ROUNDS
     assert small.reference_median_ms == large.reference_median_ms  # one reference, timed in the same rounds
 
 
-def test_calibration_times_the_reference_model_and_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
-    timed = []
-    monkeypatch.setattr(relative, "reference_model", lambda: timed.append(True) or nn.Conv2d(3, 4, 1))
+# Calibrated at 1, 4 and 8 ms; in the rounds the host runs them 20%, 20% and 10% slow.
+_LADDER = {"a": 1.0, "b": 4.0, "c": 8.0}
+_SLOWED = {"a": 1.2, "b": 4.8, "c": 8.8}
+
+
+@pytest.mark.parametrize(
+    ("candidate_ms", "judged_ms"),
+    [
+        (2.4, 2.0),  # halfway between a and b in log latency, slowed 20% like both: judged 20% lower
+        ((4.8 * 8.8) ** 0.5, (4.0 * 8.0) ** 0.5),  # halfway between b and c: by those two, not by a
+        (0.6, 0.5),  # below the fastest reference: by that one alone
+        (11.0, 10.0),  # above the slowest: by that one alone
+    ],
+)
+def test_a_candidate_is_judged_by_the_two_references_that_bracket_it(candidate_ms: float, judged_ms: float) -> None:
+    rounds = {name: np.full(5, ms) for name, ms in _SLOWED.items()}
+    blocks, reference_ms = relative._bracketed(np.full(5, candidate_ms), rounds, Calibration(_LADDER, LatencySpec()))
+    assert candidate_ms / float(np.median(blocks)) * reference_ms == pytest.approx(judged_ms)
+
+
+def test_a_measurement_times_every_reference_of_the_calibration_in_every_round() -> None:
+    spec = resolve_spec(device="cpu", backend="eager", height=32, **FAST)
+    calibration = Calibration(reference_ms={"narrow": 1.0, "wide": 4.0}, spec=spec)
+    references = {"narrow": nn.Conv2d(3, 4, 1), "wide": nn.Conv2d(3, 64, 3, padding=1)}
+    calls: dict[str, int] = {}
+    original = timing.Benchmark.segment
+
+    def counted(self: timing.Benchmark, seconds: float, settle: float) -> list[float]:
+        calls[id(self)] = calls.get(id(self), 0) + 1
+        return original(self, seconds, settle)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timing.Benchmark, "segment", counted)
+        stats = measure_judged(nn.Conv2d(3, 16, 3, padding=1), spec, calibration, references=references)
+    assert len(calls) == 3 and len(set(calls.values())) == 1  # candidate and both references, round for round
+    assert min(calibration.reference_ms.values()) <= stats.reference_ms <= max(calibration.reference_ms.values())
+
+
+def test_calibration_times_every_reference_model_and_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[str] = []
+    monkeypatch.setattr(relative, "reference_model", lambda name: timed.append(name) or nn.Conv2d(3, 4, 1))
     spec = resolve_spec(device="cpu", backend="eager", height=64, **FAST)
     calibration = calibrate(spec)
-    assert timed and calibration.reference_ms > 0 and calibration.spec.height == relative.REFERENCE_SIZE
+    assert timed == list(relative.REFERENCES) and list(calibration.reference_ms) == timed
+    assert all(ms > 0 for ms in calibration.reference_ms.values())
+    assert calibration.spec == relative.reference_spec(spec)
     assert Calibration.from_dict(json.loads(json.dumps(calibration.to_dict()))) == calibration
+
+
+def test_a_calibration_from_before_the_ladder_reads_as_its_one_reference() -> None:
+    spec = relative.reference_spec(resolve_spec(device="cpu", backend="eager", height=64, **FAST))
+    old = {
+        "reference_ms": 1.6,
+        "spec": spec.to_dict(),
+        "hardware": "cpu: A",
+        "measured_at": 0.0,
+        "reference": "xxs@128",
+    }
+    assert Calibration.from_dict(old) == Calibration({"xxs@128": 1.6}, spec, "cpu: A")
 
 
 def test_a_calibration_keeps_its_fastest_burst(monkeypatch: pytest.MonkeyPatch) -> None:
     medians = iter([2.4, 1.6, 1.9])  # the first burst caught a passing load
     spec = resolve_spec(device="cpu", backend="eager", height=64, **FAST)
     stats = relative.Benchmark(nn.Conv2d(3, 4, 1), spec, peak_memory=False).run()
-    monkeypatch.setattr(relative, "reference_model", lambda: nn.Conv2d(3, 4, 1))
+    monkeypatch.setattr(relative, "REFERENCES", ("xxs@128",))
+    monkeypatch.setattr(relative, "reference_model", lambda name: nn.Conv2d(3, 4, 1))
     monkeypatch.setattr(
         relative.Benchmark, "run", lambda self, lock=None: dataclasses.replace(stats, median_ms=next(medians))
     )
-    assert calibrate(spec).reference_ms == 1.6
+    assert calibrate(spec).reference_ms == {"xxs@128": 1.6}
 
 
 def test_a_run_judges_by_its_quietest_calibration_on_the_same_hardware_and_spec() -> None:
     spec = resolve_spec(device="cpu", backend="eager", height=64, **FAST)
     ref = relative.reference_spec(spec)
     history = [
-        Calibration(2.4, ref, hardware="cpu: A"),  # a start on a busy machine
-        Calibration(1.6, ref, hardware="cpu: A"),  # a quiet resume
-        Calibration(0.9, ref, hardware="cpu: B"),  # another machine: never counts
-        Calibration(1.0, dataclasses.replace(ref, threads=ref.threads + 1), hardware="cpu: A"),  # another spec
+        Calibration({"a": 2.4, "b": 9.0}, ref, hardware="cpu: A"),  # a start on a busy machine
+        Calibration({"a": 1.6, "b": 9.5}, ref, hardware="cpu: A"),  # a quiet resume (by its fastest reference)
+        Calibration({"a": 0.9, "b": 5.0}, ref, hardware="cpu: B"),  # another machine: never counts
+        Calibration({"a": 1.0, "b": 5.0}, dataclasses.replace(ref, threads=ref.threads + 1), hardware="cpu: A"),
     ]
     assert relative.quietest(history, spec, "cpu: A") == history[1]
     assert relative.quietest(history, spec, "cpu: C") is None
@@ -483,7 +536,7 @@ def test_a_trial_whose_interval_straddles_the_budget_is_measured_again_for_longe
 
     monkeypatch.setattr(evaluation, "measure_judged", fake)
     monkeypatch.setattr("mvit_nas.latency.lock.lock_dir", lambda: tmp_path)
-    stats = evaluation.judge_latency(tiny_config(), spec, 5.0, Calibration(1.0, spec))
+    stats = evaluation.judge_latency(tiny_config(), spec, 5.0, Calibration({"xxs@128": 1.0}, spec))
     assert stats.remeasured is remeasured
     assert calls == ([None, evaluation.STRADDLE_SECONDS_FACTOR * 0.5] if remeasured else [None])
     if remeasured:

@@ -29,7 +29,7 @@ def test_a_front_point_over_budget_at_the_final_re_measurement_leaves_the_front_
     measured: list[list[int]] = []
 
     def fake_interleave(
-        candidates: Sequence[Benchmark], _reference: Benchmark, calibration: Calibration, _seconds: float, _lock: object
+        candidates: Sequence[Benchmark], _references: object, calibration: Calibration, _seconds: float, _lock: object
     ) -> list[LatencyStats]:
         # Which trials were timed, in this call: the benchmarks come in the order of the points.
         numbers = [t.number for t in front(open_study(run_dir)) if t.number not in {n for c in measured for n in c}]
@@ -42,7 +42,7 @@ def test_a_front_point_over_budget_at_the_final_re_measurement_leaves_the_front_
         return out
 
     monkeypatch.setattr(recheck, "interleave", fake_interleave)
-    monkeypatch.setattr(recheck, "calibrate", lambda spec, lock: Calibration(1.0, spec))
+    monkeypatch.setattr(recheck, "calibrate", lambda spec, lock: Calibration({"xxs@128": 1.0}, spec))
     rows = recheck.check_front(run_dir)
 
     study = open_study(run_dir)

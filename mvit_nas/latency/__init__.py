@@ -12,7 +12,7 @@ This package's job is to say how fast something runs, the same way every time:
 - :mod:`~mvit_nas.latency.timing`: :class:`Benchmark`, the one timing loop (whole
   models and single blocks alike), with :func:`measure` / :func:`measure_config`;
 - :mod:`~mvit_nas.latency.relative`: :func:`measure_judged`, the candidate timed in
-  alternation with a fixed reference model, judged as ratio x :class:`Calibration`;
+  alternation with a ladder of fixed reference models, judged as ratio x :class:`Calibration`;
 - :mod:`~mvit_nas.latency.lock`: :class:`DeviceLock`, which keeps training off the
   device while a measurement runs.
 
@@ -27,10 +27,11 @@ from mvit_nas.latency.backends import Prepared, prepare
 from mvit_nas.latency.lock import DeviceLock, device_key, device_lock
 from mvit_nas.latency.onnx import IMAGE_CHANNELS, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, ort_session
 from mvit_nas.latency.relative import (
-    REFERENCE_NAME,
+    REFERENCES,
     Calibration,
     calibrate,
     interleave,
+    ladder,
     measure_judged,
     quietest,
     reference_model,
@@ -74,7 +75,7 @@ __all__ = [
     "ONNX_OPSET",
     "OUTPUT_NAME",
     "QUIET_TOLERANCE",
-    "REFERENCE_NAME",
+    "REFERENCES",
     "WINDOW_MIN_RUNS",
     "WINDOW_SECONDS",
     "Benchmark",
@@ -92,6 +93,7 @@ __all__ = [
     "export_onnx",
     "hardware_name",
     "interleave",
+    "ladder",
     "measure",
     "measure_config",
     "measure_judged",
