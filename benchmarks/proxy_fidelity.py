@@ -10,9 +10,10 @@ short training, synflow, naswot, grad_norm, params and FLOPs. Goal: short
 training tau >= 0.6 and above every params / FLOPs baseline.
 
 FLOPs are given twice: at each config's own resolution (what the search sees)
-and at the proxy's training resolution (what the trained network computes: the
-proxy trains every config at ``ProxySpec.resolution``, so configs that differ
-only in resolution get the same accuracy). The goal is checked against both.
+and at the proxy's input size for it (what the trained network computes: the
+proxy trains each config at ``ProxySpec.input_size`` of its resolution, half of
+it by default). The goal is checked against both. The data is loaded exactly as
+a search loads it (:meth:`~mvit_nas.settings.SearchSettings.load_data`).
 
 The trainings run in ``--workers`` processes with one thread each (as a search
 trial does), longest first so that the two cores stay busy to the end.
@@ -43,7 +44,7 @@ from scipy import stats
 from benchmarks._common import write_result
 from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.cost import count_cost
-from mvit_nas.data import ProxyData, load_dataset, parse_dataset_spec
+from mvit_nas.data import ProxyData
 from mvit_nas.proxy import ProxySpec, TrialFailed, evaluate_proxy
 from mvit_nas.settings import SearchSettings
 from mvit_nas.space import load_space
@@ -67,10 +68,15 @@ class Job:
     cost: float
 
 
-def pick_configs(count: int, proxy_resolution: int, seed: int = SEED) -> list[tuple[str, ArchConfig]]:
+def proxy_flops(cfg: ArchConfig, spec: ProxySpec) -> float:
+    """FLOPs of ``cfg`` at the input size ``spec`` trains it at: what the proxy's network computes."""
+    return count_cost(cfg, spec.input_size(cfg.resolution)).flops
+
+
+def pick_configs(count: int, short: ProxySpec, seed: int = SEED) -> list[tuple[str, ArchConfig]]:
     """xxs/xs/s plus ``count - 3`` random configs of the default space at evenly spaced FLOPs quantiles.
 
-    Stratifying by FLOPs at the training resolution spreads the picks over the
+    Stratifying by FLOPs at the proxy's input size spreads the picks over the
     capacity range the proxy actually sees, from the smallest to the largest models.
     """
     space = load_space()
@@ -80,7 +86,7 @@ def pick_configs(count: int, proxy_resolution: int, seed: int = SEED) -> list[tu
         space.decode({knob: rng.choice(values) for knob, values in space.searched_knobs.items()})
         for _ in range(SAMPLE_SIZE)
     ]
-    flops = np.array([count_cost(cfg, proxy_resolution).flops for cfg in pool], dtype=float)
+    flops = np.array([proxy_flops(cfg, short) for cfg in pool], dtype=float)
     strata = count - len(named)
     targets = np.quantile(flops, (np.arange(strata) + 0.5) / strata)
     taken: set[int] = set()
@@ -92,9 +98,9 @@ def pick_configs(count: int, proxy_resolution: int, seed: int = SEED) -> list[tu
     return named
 
 
-def _init_worker(dataset: str, resolution: int, cache_dir: str) -> None:
+def _init_worker(cache_dir: str) -> None:
     global _DATA
-    _DATA = load_dataset(parse_dataset_spec(dataset), resolution, cache_dir=Path(cache_dir))
+    _DATA = SearchSettings(budget_ms=1.0).load_data(Path(cache_dir))
 
 
 def _run(job: Job) -> dict[str, Any]:
@@ -118,7 +124,7 @@ def make_jobs(
     trainings = {"short": short, "long": long, **(alternatives or {})}
     for name, cfg in configs:
         # Training time grows with the steps and (roughly) with the FLOPs at the training resolution.
-        flops = count_cost(cfg, short.resolution).flops
+        flops = proxy_flops(cfg, short)
         for what, spec in trainings.items():
             jobs.append(Job(name, what, cfg.to_dict(), spec.to_dict(), spec.epochs * flops))
         for kind in ZERO_COST:
@@ -126,14 +132,14 @@ def make_jobs(
     return sorted(jobs, key=lambda job: -job.cost)
 
 
-def run_jobs(jobs: list[Job], workers: int, dataset: str, resolution: int) -> list[dict[str, Any]]:
+def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="proxy-fidelity-") as cache_dir:
-        # Generate the dataset once here; the workers read the cached file.
-        load_dataset(parse_dataset_spec(dataset), resolution, cache_dir=Path(cache_dir))
+        # Generate the dataset once here, as a search does; the workers read the cached file.
+        SearchSettings(budget_ms=1.0).load_data(Path(cache_dir))
         context = multiprocessing.get_context("spawn")
         results = []
         with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(dataset, resolution, cache_dir)
+            workers, mp_context=context, initializer=_init_worker, initargs=(cache_dir,)
         ) as pool:
             futures = [pool.submit(_run, job) for job in jobs]
             for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
@@ -199,11 +205,11 @@ def main() -> None:
             short = dataclasses.replace(short, **{field_name: value})
     long = dataclasses.replace(short, epochs=short.epochs * factor)
     dataset = SearchSettings(budget_ms=1.0).dataset  # the search's default dataset
-    configs = pick_configs(count, short.resolution)
+    configs = pick_configs(count, short)
     alternatives = dict(parse_alternative(text, short) for text in args.alternative)
     jobs = make_jobs(configs, short, long, alternatives)
     load_before, started = os.getloadavg(), time.perf_counter()
-    results = run_jobs(jobs, args.workers, dataset, short.resolution)
+    results = run_jobs(jobs, args.workers)
     elapsed = time.perf_counter() - started
 
     rows = []
@@ -213,8 +219,9 @@ def main() -> None:
             "name": name,
             "params": count_cost(cfg).params,
             "flops": count_cost(cfg).flops,
-            "flops_at_proxy_resolution": count_cost(cfg, short.resolution).flops,
+            "flops_at_proxy_resolution": proxy_flops(cfg, short),
             "resolution": cfg.resolution,
+            "proxy_resolution": short.input_size(cfg.resolution),
             "long_accuracy": mine["long"]["score"],
             "short_training": mine["short"]["score"],
             **{what: mine[what]["score"] for what in alternatives},
@@ -255,7 +262,7 @@ def main() -> None:
         "factor": factor,
         "dataset": dataset,
         "selection": f"xxs/xs/s + {count - 3} random configs of the default space nearest evenly spaced quantiles "
-        f"of FLOPs at {short.resolution}px over {SAMPLE_SIZE} random configs (seed {SEED})",
+        f"of FLOPs at the proxy's input size ({short.input_text()}) over {SAMPLE_SIZE} random configs (seed {SEED})",
         "device": args.device,
         "workers": args.workers,
         "threads_per_worker": short.threads,
