@@ -16,8 +16,10 @@ deviation from the idle one. Goal, at the search's thread count
 (:data:`~mvit_nas.settings.SEARCH_THREADS`): judged spread under 5% for every
 preset, idle and busy, and the busy median within 10% of the idle one.
 
-Run: ``python -m benchmarks.latency_repeatability`` (~10 min on 2 cores) or
-``--quick`` (2 runs, xxs only, 1 thread). Writes ``results/benchmarks/latency_repeatability.json``.
+Run: ``python -m benchmarks.latency_repeatability`` (~11 min on 2 cores) or
+``--quick`` (2 runs, xxs only, 1 thread); ``--min-seconds 3 --threads 1 --name
+latency_repeatability_3s`` asks how much longer measurements would buy. Writes
+``results/benchmarks/latency_repeatability.json`` (or ``NAME.json``).
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import write_result
+from mvit_nas.latency import LatencySpec
 from mvit_nas.settings import SEARCH_THREADS
 
 GOAL_SPREAD, GOAL_BUSY = 0.05, 0.10
+DEFAULT_MIN_SECONDS = LatencySpec.min_seconds  # a search's measurement length
 BACKEND = "onnxruntime"
 CHILD_TIMEOUT_S = 600
 
@@ -45,23 +49,23 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _child(what: str, threads: int, calibration_file: str, variant: str = "") -> dict[str, Any]:
+def _child(what: str, threads: int, calibration_file: str, min_seconds: float, variant: str = "") -> dict[str, Any]:
     """Run this module's ``--child`` mode in a fresh interpreter; its one JSON line."""
     command = [sys.executable, "-m", "benchmarks.latency_repeatability", "--child", what, "--threads", str(threads)]
-    command += ["--calibration", calibration_file, "--variant", variant]
+    command += ["--calibration", calibration_file, "--variant", variant, "--min-seconds", str(min_seconds)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def child_main(what: str, threads: int, calibration_file: str, variant: str) -> None:
+def child_main(what: str, threads: int, calibration_file: str, variant: str, min_seconds: float) -> None:
     """In the child: calibrate (write the file) or measure one preset against the file's calibration."""
     from mvit_nas.config import preset
     from mvit_nas.latency import Calibration, calibrate, measure_judged, resolve_spec
     from mvit_nas.model import build_model
 
-    spec = resolve_spec(device="cpu", backend=BACKEND, height=256, threads=threads)
+    spec = resolve_spec(device="cpu", backend=BACKEND, height=256, threads=threads, min_seconds=min_seconds)
     if what == "calibrate":
         calibration = calibrate(spec)
         Path(calibration_file).write_text(json.dumps(calibration.to_dict()))
@@ -91,12 +95,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 runs, xxs only, the search's thread count")
     parser.add_argument("--runs", type=int, help="processes per (threads, condition, preset) (default 5; quick 2)")
     parser.add_argument("--threads", help="comma-separated thread counts (default: 1,2; quick: 1)")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=DEFAULT_MIN_SECONDS,
+        help=f"seconds each measurement lasts (default {DEFAULT_MIN_SECONDS:g}, the search's)",
+    )
+    parser.add_argument("--name", default="latency_repeatability", help="result file name, for a variant")
     parser.add_argument("--child", choices=("calibrate", "measure"), help=argparse.SUPPRESS)
     parser.add_argument("--calibration", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main(args.child, int(args.threads), args.calibration, args.variant)
+        child_main(args.child, int(args.threads), args.calibration, args.variant, args.min_seconds)
         return
     runs = args.runs or (2 if args.quick else 5)
     variants = ["xxs"] if args.quick else ["xxs", "xs", "s"]
@@ -106,7 +117,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latency-repeatability-") as scratch:
         for threads in thread_counts:
             calibration_file = str(Path(scratch) / f"calibration-{threads}.json")
-            reference = _child("calibrate", threads, calibration_file)["reference_ms"]
+            reference = _child("calibrate", threads, calibration_file, args.min_seconds)["reference_ms"]
             _log(f"{threads} thread(s): references calibrated at {reference} ms")
             per_condition: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for condition in ("idle", "busy"):
@@ -115,7 +126,7 @@ def main() -> None:
                     rows: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
                     for run in range(runs):
                         for variant in variants:
-                            row = _child("measure", threads, calibration_file, variant)
+                            row = _child("measure", threads, calibration_file, args.min_seconds, variant)
                             rows[variant].append(row)
                             _log(f"{threads}t {condition} run {run + 1}/{runs} {variant}: judged "
                                  f"{row['judged_ms']:.3f} ms, raw {row['median_ms']:.3f} ms")  # fmt: skip
@@ -157,11 +168,12 @@ def main() -> None:
         "quick": args.quick,
         "backend": BACKEND,
         "runs": runs,
+        "min_seconds": args.min_seconds,
         "results": results,
         "duration_s": round(time.perf_counter() - started, 1),
         "load_average_1min": {"before": load_start[0], "after": os.getloadavg()[0]},
     }
-    print(f"passed: {passed}  ->  {write_result('latency_repeatability', payload)}")
+    print(f"passed: {passed}  ->  {write_result(args.name, payload)}")
 
 
 if __name__ == "__main__":
