@@ -13,12 +13,16 @@ beside it.
 Why a ladder (:data:`REFERENCES`, about 1.7, 6.5 and 20 ms at 1 thread here) and
 not one reference: a slow stretch does not slow every model alike. On this 2-core
 VM the host's load slowed MobileViT-XXS at 128 px by up to 67% for seconds at a
-time while XS at 256 px slowed 35% and S at 256 px 26% (log-log slope 0.67, 0.55
-and 0.44 against the small reference, r >= 0.98 over 10 processes): a ratio to a
-model 10x smaller over-corrects. The candidate is therefore judged against the two
-references that bracket it, interpolated in log latency (:func:`_bracketed`): over
-12 processes, idle and with a busy core, the cross-process spread of six configs
-fell from 12-32% (one reference) to 2-14%, and busy-vs-idle from up to 8% to 3%.
+time while XXS at 256 px slowed 35% and S at 256 px 26% (log-log slopes of XXS, XS
+and S at 256 px against the small reference 0.67, 0.55 and 0.44, r >= 0.98 over
+10 processes): a ratio to a model 10x smaller over-corrects. The candidate is
+therefore judged against the two references that bracket it, interpolated in log
+latency (:func:`_bracketed`). Over 6 processes idle and 6 with a busy core, the
+cross-process spread of six configs (xxs@160 to s@256) fell from 12-31% idle and
+4-17% busy (one reference) to 6-14% and 2-11%, and busy-vs-idle from up to 8% to
+3%. It does not fall to nothing: at equal latency the host slows some
+architectures more than others (XXS at 256 px 35% where S at 128 px, as fast,
+slowed 25%).
 
 A turn is a stretch of time, not a count of runs: a model timed right after
 another runs slower for tens of milliseconds, more so a small model after a
