@@ -3,10 +3,11 @@
 One row per benchmark: goal, measured value, pass / falls short, date and
 machine, all read from the JSON (never typed by hand). A benchmark of the
 suite without a JSON yet gets a "not run yet" row; a quick (smoke-test) result
-is labelled as such. Each row says the commit it was measured on and whether it is stale:
-whether the code it measures (:data:`MEASURES`) changed since. The GPU section shows ``gpu.json`` when it exists and
-otherwise says that no GPU result exists yet: a CPU figure is never presented
-as a GPU one.
+is labelled as such. Each row says the commit it was measured on and whether it
+is stale: whether the code it measures (:data:`MEASURES`) changed since
+(docstrings and comments aside). The GPU section shows ``gpu.json`` when it
+exists and otherwise says that no GPU result exists yet: a CPU figure is never
+presented as a GPU one.
 
 Run::
 
@@ -15,6 +16,7 @@ Run::
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 from collections.abc import Callable
@@ -309,6 +311,40 @@ def _gpu_section(payload: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def code_of(source: str) -> str:
+    r"""What a Python file does, without what it says: its syntax tree less docstrings (comments never reach it).
+
+    A docstring or comment edit leaves a benchmark's figures as they were, so it does not make them stale.
+
+    >>> code_of('def f():\n    "Old words."\n    return 1  # why') == code_of('def f():\n    "New."\n    return 1')
+    True
+    >>> code_of("x = 1") == code_of("x = 2")
+    False
+    """
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        documented = isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        if documented and node.body and isinstance(node.body[0], ast.Expr):
+            first = node.body[0].value
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def _code_changed(commit: str, path: str) -> bool:
+    """Whether ``path`` does something else at HEAD than at ``commit`` (any change, for a file that is not Python)."""
+    versions = [
+        subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True)
+        for rev in (commit, "HEAD")
+    ]
+    if any(version.returncode != 0 for version in versions) or not path.endswith(".py"):
+        return True
+    try:
+        return code_of(versions[0].stdout) != code_of(versions[1].stdout)
+    except SyntaxError:
+        return True
+
+
 def freshness(name: str, payload: dict[str, Any]) -> str:
     """Whether a result still describes the code: the commit it was measured on, and what changed since."""
     git = payload.get("git") or {}
@@ -321,7 +357,7 @@ def freshness(name: str, payload: dict[str, Any]) -> str:
     )
     if changed.returncode != 0:
         return f"{commit[:7]}: not in this repository's history"
-    files = changed.stdout.split()
+    files = [path for path in changed.stdout.split() if _code_changed(commit, path)]
     dirty = " (on uncommitted changes)" if git.get("dirty") else ""
     if files:
         shown = ", ".join(files[:2]) + (f" and {len(files) - 2} more" if len(files) > 2 else "")

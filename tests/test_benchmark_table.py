@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from benchmarks.make_table import freshness, render
+from benchmarks.make_table import code_of, freshness, render
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,3 +32,11 @@ def test_a_partial_result_says_it_is_not_finished_rather_than_falling_short() ->
     partial = {"goal": "g", "passed": False, "partial": True, "machine": {"date": "2026-12-02"}}
     row = next(line for line in render({"long_benchmark": partial}).splitlines() if "long_benchmark" in line)
     assert "not finished (partial result)" in row and "falls short" not in row
+
+
+def test_a_docstring_or_comment_edit_leaves_a_result_current_and_a_code_edit_does_not() -> None:
+    before = 'def f(x):\n    """Says one thing."""\n    return x + 1\n'
+    reworded = 'def f(x):\n    """Says it better."""\n    # why: the comment is new too\n    return x + 1\n'
+    changed = 'def f(x):\n    """Says one thing."""\n    return x + 2\n'
+    assert code_of(before) == code_of(reworded)
+    assert code_of(before) != code_of(changed)
