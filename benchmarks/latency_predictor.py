@@ -6,7 +6,7 @@ per-kind fits, whole-network correction fitted on ~25 measured configs), then
 draws N random configs of the space (seeded, one random choice per knob; kept
 disjoint from the table's calibration configs) and compares the table's
 prediction with the search's own measurement of each: the judged latency (ratio
-to the reference x one idle calibration, :mod:`mvit_nas.latency.relative`),
+to the references x one idle calibration, :mod:`mvit_nas.latency.relative`),
 taken in ``--processes`` (3) separate processes, each in its own order, and the
 median of those taken as the truth.
 

@@ -1,8 +1,8 @@
 """Latency under load: is a latency measured while a 2-worker search runs the same as on an idle machine?
 
 One config (xxs at 256 px, the search's default spec: ONNX Runtime on the CPU,
-batch 1, 1 thread) is prepared once with the reference model and measured as a
-trial is (judged: ratio to the reference x the calibration timed once, idle, at
+batch 1, 1 thread) is prepared once with the reference models and measured as a
+trial is (judged: ratio to the references x the calibration timed once, idle, at
 the start; :mod:`mvit_nas.latency.relative`), (a) on the idle machine before the
 search, and (b) while a real 2-worker Ray search (``search(..., executor="ray",
 workers=2)``, in a child process, with its own temporary run folder) runs.

@@ -68,7 +68,7 @@ def _calibration(spec: LatencySpec, inputs: WorkerInputs) -> Calibration:
 
 
 def judge_latency(cfg: ArchConfig, spec: LatencySpec, budget_ms: float, calibration: Calibration) -> LatencyStats:
-    """Measure ``cfg`` against the reference, holding the device; again, longer, if the interval straddles the budget.
+    """Measure ``cfg`` against the references, holding the device; again, longer, if the interval straddles the budget.
 
     Export and session set-up hold the device too: on a CPU they would slow another
     worker's timing. A judged latency whose 95% interval contains the budget could

@@ -2,7 +2,7 @@
 
 A trial was judged within budget on one measurement taken while the search ran.
 Before the front is reported, :func:`check_front` times every front point again,
-interleaved with the other front points and the reference model
+interleaved with the other front points and the reference models
 (:func:`~mvit_nas.latency.interleave`, judged against a fresh calibration), so
 that all of them see the same seconds of the host. A point whose re-measured
 judged latency is over the budget leaves the front, with the reason recorded in

@@ -390,7 +390,7 @@ def _latency_table(settings: SearchSettings, run_dir: Path) -> LatencyTable | No
 
 
 def _calibrate(study: optuna.Study, settings: SearchSettings, address: str | None) -> Calibration | None:
-    """Time the reference quietly, now (at every start and resume), and record it in the study; the run
+    """Time the references quietly, now (at every start and resume), and record it in the study; the run
     judges by the quietest of its calibrations (:func:`~mvit_nas.latency.quietest`).
 
     None where the driver cannot time the workers' device (a cluster's driver, a predicted

@@ -213,7 +213,7 @@ def seed_latency(
     """The run's latency source as a function of a config: the table's prediction, else a short measurement.
 
     A measurement holds the device to itself, as a trial's does, and is judged as a
-    trial's is (against the reference, times ``calibration``) when a calibration is
+    trial's is (against the references, times ``calibration``) when a calibration is
     given; :class:`InputError` (``--device``) when this machine cannot measure the run's spec.
     """
     if settings.latency_source == "predicted":

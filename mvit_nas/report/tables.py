@@ -33,7 +33,8 @@ __all__ = ["accuracy_scale", "markdown_table", "pareto_frame", "resolution_label
 SPEC_FIELDS = ("device", "backend", "batch_size", "resolution", "dtype", "threads")
 LATENCY_STATS = ("median", "p10", "p90", "mean")
 # What a judged latency adds (mvit_nas.latency.relative): the value the budget was judged on, the ratio to the
-# reference with its interval, the reference's latencies, and whether a straddling first measurement was redone.
+# (bracketing) reference with its interval, that reference's latencies, and whether a straddling first
+# measurement was redone.
 _JUDGED_COLUMNS = {
     "latency_judged_ms": "judged_ms",
     "latency_ratio": "ratio",
