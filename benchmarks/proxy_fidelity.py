@@ -53,6 +53,7 @@ GOAL_TAU = 0.6
 ZERO_COST = ("synflow", "naswot", "grad_norm")
 SAMPLE_SIZE = 3000  # random configs to stratify over; count_cost takes ~0.1 ms each
 SEED = 0
+DEFAULTS = SearchSettings(budget_ms=1.0)  # a search's defaults: its dataset, loaded its way
 
 _DATA: ProxyData | None = None  # one copy of the dataset per worker process
 
@@ -100,7 +101,7 @@ def pick_configs(count: int, short: ProxySpec, seed: int = SEED) -> list[tuple[s
 
 def _init_worker(cache_dir: str) -> None:
     global _DATA
-    _DATA = SearchSettings(budget_ms=1.0).load_data(Path(cache_dir))
+    _DATA = DEFAULTS.load_data(Path(cache_dir))
 
 
 def _run(job: Job) -> dict[str, Any]:
@@ -135,7 +136,7 @@ def make_jobs(
 def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="proxy-fidelity-") as cache_dir:
         # Generate the dataset once here, as a search does; the workers read the cached file.
-        SearchSettings(budget_ms=1.0).load_data(Path(cache_dir))
+        DEFAULTS.load_data(Path(cache_dir))
         context = multiprocessing.get_context("spawn")
         results = []
         with concurrent.futures.ProcessPoolExecutor(
@@ -204,7 +205,7 @@ def main() -> None:
         if value is not None:  # a variant of the recipe, to find what moves the fidelity
             short = dataclasses.replace(short, **{field_name: value})
     long = dataclasses.replace(short, epochs=short.epochs * factor)
-    dataset = SearchSettings(budget_ms=1.0).dataset  # the search's default dataset
+    dataset = DEFAULTS.dataset
     configs = pick_configs(count, short)
     alternatives = dict(parse_alternative(text, short) for text in args.alternative)
     jobs = make_jobs(configs, short, long, alternatives)
