@@ -1,9 +1,10 @@
-"""Shared by every benchmark: where results go and the facts each result carries."""
+"""Shared by every benchmark: where results go, the facts each carries, the records a long run resumes from."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -45,3 +46,32 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
     record = {"benchmark": name, "git": git_commit(), "machine": machine(), **payload}
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Add one finished piece of a long benchmark to ``path`` (JSON lines), on disk before this returns.
+
+    A run stopped at any point keeps every record written; the same command continues
+    with what :func:`read_records` does not hold.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        file.write(json.dumps(record) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record :func:`append_record` wrote to ``path``, in order; none if it does not exist.
+
+    A last line cut short by a kill mid-write is left out (that piece runs again).
+    """
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

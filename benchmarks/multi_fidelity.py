@@ -32,14 +32,13 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import RESULTS_DIR, write_result
+from benchmarks._common import RESULTS_DIR, append_record, read_records, write_result
 from mvit_nas.config import ArchConfig
 from mvit_nas.fidelity import FidelitySpec
 from mvit_nas.latency import calibrate
@@ -226,17 +225,14 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / f"mvit-nas-{NAME}")
     args = parser.parse_args()
     STATE_DIR.mkdir(parents=True, exist_ok=True)
-    runs = [json.loads(line) for line in RUNS_FILE.read_text().splitlines()] if RUNS_FILE.exists() else []
+    runs = read_records(RUNS_FILE)
     plan = [(arm, seed) for seed in args.seeds for arm in args.arms]  # interleaved: a stopped run leaves both arms
     for arm, seed in plan:
         if any(r["arm"] == arm and r["seed"] == seed for r in runs):
             continue
         print(f"{arm} seed {seed}: searching {args.minutes:g} min", flush=True)
         run = _run(arm, seed, args)
-        with RUNS_FILE.open("a") as handle:
-            handle.write(json.dumps(run) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_record(RUNS_FILE, run)
         runs.append(run)
         print(f"{arm} seed {seed}: verified hypervolume {run['hypervolume_verified_front']:.4f}", flush=True)
         write_result(NAME, _summarise(runs, len(plan), args, None))

@@ -16,11 +16,15 @@ it by default). The goal is checked against both. The data is loaded exactly as
 a search loads it (:meth:`~mvit_nas.settings.SearchSettings.load_data`).
 
 The trainings run in ``--workers`` processes with one thread each (as a search
-trial does), longest first so that the two cores stay busy to the end.
+trial does), longest first so that the two cores stay busy to the end. Each
+finished evaluation is appended to ``results/benchmarks/NAME/jobs.jsonl``
+(fsynced): a stopped run, started again with the same options, runs only what
+is missing (a record counts for a job only if its config and budget are the
+job's, so other options start afresh).
 
 Run::
 
-    python -m benchmarks.proxy_fidelity           # 10 configs, short + 8x: ~45-50 min on 2 quiet cores
+    python -m benchmarks.proxy_fidelity           # 10 configs, short + 8x: ~1.5-2 h on 2 cores
     python -m benchmarks.proxy_fidelity --quick   # 5 configs, short + 2x: a smoke test, marked quick
 """
 
@@ -41,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmarks._common import write_result
+from benchmarks._common import RESULTS_DIR, append_record, read_records, write_result
 from mvit_nas.config import PRESETS, ArchConfig, preset
 from mvit_nas.cost import count_cost
 from mvit_nas.data import ProxyData
@@ -67,6 +71,15 @@ class Job:
     config: dict[str, Any]
     spec: dict[str, Any]
     cost: float
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is this job's result: same config, same proxy, same budget."""
+        return (record.get("name"), record.get("what"), record.get("config"), record.get("spec")) == (
+            self.name,
+            self.what,
+            self.config,
+            self.spec,
+        )
 
 
 def proxy_flops(cfg: ArchConfig, spec: ProxySpec) -> float:
@@ -108,11 +121,12 @@ def _run(job: Job) -> dict[str, Any]:
     assert _DATA is not None
     spec = ProxySpec.from_dict(job.spec)
     started = time.perf_counter()
+    record = {"name": job.name, "what": job.what, "config": job.config, "spec": job.spec}
     try:
         result = evaluate_proxy(ArchConfig.from_dict(job.config), spec, _DATA)
     except TrialFailed as error:
-        return {"name": job.name, "what": job.what, "score": None, "failure": error.reason}
-    return {"name": job.name, "what": job.what, "score": result.score, "seconds": time.perf_counter() - started}
+        return {**record, "score": None, "failure": error.reason}
+    return {**record, "score": result.score, "seconds": time.perf_counter() - started}
 
 
 def make_jobs(
@@ -133,22 +147,29 @@ def make_jobs(
     return sorted(jobs, key=lambda job: -job.cost)
 
 
-def run_jobs(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
+def run_jobs(jobs: list[Job], workers: int, records_file: Path) -> list[dict[str, Any]]:
+    """Every job's result: those ``records_file`` holds, and the rest run now and appended to it."""
+    held = read_records(records_file)
+    results = [next(r for r in held if job.matches(r)) for job in jobs if any(job.matches(r) for r in held)]
+    todo = [job for job in jobs if not any(job.matches(r) for r in held)]
+    print(f"{len(results)}/{len(jobs)} evaluations done before; {len(todo)} to run", flush=True)
+    if not todo:
+        return results
     with tempfile.TemporaryDirectory(prefix="proxy-fidelity-") as cache_dir:
         # Generate the dataset once here, as a search does; the workers read the cached file.
         DEFAULTS.load_data(Path(cache_dir))
         context = multiprocessing.get_context("spawn")
-        results = []
         with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=context, initializer=_init_worker, initargs=(cache_dir,)
         ) as pool:
-            futures = [pool.submit(_run, job) for job in jobs]
-            for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
+            futures = [pool.submit(_run, job) for job in todo]
+            for future in concurrent.futures.as_completed(futures):
                 result = future.result()
+                append_record(records_file, result)
                 results.append(result)
                 seconds = result.get("seconds")
                 shown = f"{seconds:7.1f} s" if seconds is not None else result.get("failure", "")
-                print(f"[{done:3d}/{len(jobs)}] {result['name']:4s} {result['what']:9s} {shown}", flush=True)
+                print(f"[{len(results):3d}/{len(jobs)}] {result['name']:4s} {result['what']:9s} {shown}", flush=True)
     return results
 
 
@@ -210,7 +231,7 @@ def main() -> None:
     alternatives = dict(parse_alternative(text, short) for text in args.alternative)
     jobs = make_jobs(configs, short, long, alternatives)
     load_before, started = os.getloadavg(), time.perf_counter()
-    results = run_jobs(jobs, args.workers)
+    results = run_jobs(jobs, args.workers, RESULTS_DIR / args.name / "jobs.jsonl")
     elapsed = time.perf_counter() - started
 
     rows = []
@@ -267,7 +288,8 @@ def main() -> None:
         "device": args.device,
         "workers": args.workers,
         "threads_per_worker": short.threads,
-        "duration_s": round(elapsed, 1),
+        "duration_s": round(elapsed, 1),  # this invocation's; a resumed run's earlier part is in evaluation_s
+        "evaluation_s": round(sum(r.get("seconds") or 0.0 for r in results), 1),
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "rows": rows,
     }

@@ -42,7 +42,6 @@ import concurrent.futures
 import dataclasses
 import json
 import multiprocessing
-import os
 import random
 import tempfile
 import time
@@ -53,7 +52,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from benchmarks._common import RESULTS_DIR, write_result
+from benchmarks._common import RESULTS_DIR, append_record, read_records, write_result
 from benchmarks.proxy_fidelity import kendall
 from mvit_nas.config import ArchConfig
 from mvit_nas.cost import count_cost
@@ -186,18 +185,8 @@ def _run(job: Job) -> dict[str, Any]:
     }
 
 
-def _append(record: dict[str, Any]) -> None:
-    with JOBS_FILE.open("a") as file:
-        file.write(json.dumps(record) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-
-
 def read_jobs() -> dict[str, dict[str, Any]]:
-    if not JOBS_FILE.exists():
-        return {}
-    records = [json.loads(line) for line in JOBS_FILE.read_text().splitlines() if line.strip()]
-    return {f"{r['arch']}/{r['what']}": r for r in records}
+    return {f"{r['arch']}/{r['what']}": r for r in read_records(JOBS_FILE)}
 
 
 # --- the summary ---------------------------------------------------------------------------
@@ -325,7 +314,7 @@ def main() -> None:
                 futures = [pool.submit(_run, job) for job in todo]
                 for future in concurrent.futures.as_completed(futures):
                     record = future.result()
-                    _append(record)
+                    append_record(JOBS_FILE, record)
                     print(f"{record['arch']:14s} {record['what']:18s} {record.get('score')} "
                           f"{record.get('seconds')} s", flush=True)  # fmt: skip
                     write_result(NAME, summarise(archs, jobs, recipe))
