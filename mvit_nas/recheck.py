@@ -3,8 +3,11 @@
 A trial was judged within budget on one measurement taken while the search ran.
 Before the front is reported, :func:`check_front` times every front point again,
 interleaved with the other front points and the reference models
-(:func:`~mvit_nas.latency.interleave`, judged against a fresh calibration), so
-that all of them see the same seconds of the host. A point whose re-measured
+(:func:`~mvit_nas.latency.interleave`), so that all of them see the same seconds
+of the host. The references are timed again first and the check judges, like
+the search, by the quietest calibration the run has seen
+(:func:`~mvit_nas.run.judging_calibration`): a check on a busy machine, judged
+by its own slow calibration, would drop points that fit. A point whose re-measured
 judged latency is over the budget leaves the front, with the reason recorded in
 the study (``front_dropped``: trials are never rewritten) and in
 ``front_latency.json``; the points it hid are then re-measured in turn, until
@@ -91,7 +94,7 @@ def check_front(run_dir: str | Path) -> list[FrontLatency]:
     study = run_folder.open_study(run_dir)
     budget = settings.budget_ms
     lock = device_lock(settings.latency.device)
-    calibration = calibrate(settings.latency, lock)
+    calibration = run_folder.judging_calibration(study, calibrate(settings.latency, lock), settings.latency)
     rows: dict[int, FrontLatency] = {}
     gone = {str(number): reason for number, reason in dropped(study).items()}
     while points := [t for t in front(study) if t.number not in rows]:

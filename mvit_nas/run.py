@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
-from mvit_nas.latency import LatencyStats
+from mvit_nas.latency import Calibration, LatencySpec, LatencyStats, quietest
 from mvit_nas.settings import SearchSettings
 from mvit_nas.validate import InputError, first_line
 
@@ -46,7 +46,7 @@ STORAGE_FILE = "study.db"
 SETTINGS_FILE = "run.yaml"
 LOCK_FILE = ".search.lock"
 LATENCY_TABLE_FILE = "latency_table.json"  # the predictor a run uses, copied in at its start
-CALIBRATIONS_ATTR = "latency_calibrations"  # study attribute: the references timed at each start and resume
+CALIBRATIONS_ATTR = "latency_calibrations"  # study attribute: the references timed at every start, resume, check
 FRONT_DROPPED_ATTR = "front_dropped"  # study attribute: {trial number: why its final re-measurement dropped it}
 FRONT_LATENCY_FILE = "front_latency.json"  # the front re-measured at the end of a search
 DATA_DIR = "data"  # the generated dataset's cache
@@ -275,6 +275,21 @@ def open_study(run_dir: Path, sampler: optuna.samplers.BaseSampler | None = None
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(list(OBJECTIVES))
         return study
+
+
+def judging_calibration(study: optuna.Study, calibration: Calibration, spec: LatencySpec) -> Calibration:
+    """Add ``calibration`` (just timed under ``spec``) to the run's calibrations; the one the run judges by.
+
+    That is the quietest of them (:func:`~mvit_nas.latency.quietest`): every judgement of
+    the run, from its first trial to the front's final re-measurement, is against the
+    quietest timing of the references it has seen, so a start, resume or final check on
+    a busy machine moves no verdict.
+    """
+    history = [*study.user_attrs.get(CALIBRATIONS_ATTR, []), calibration.to_dict()]
+    study.set_user_attr(CALIBRATIONS_ATTR, history)
+    judge = quietest([Calibration.from_dict(c) for c in history], spec, calibration.hardware)
+    assert judge is not None  # ``calibration`` itself qualifies
+    return judge
 
 
 def read_study(run_dir: Path) -> optuna.Study:

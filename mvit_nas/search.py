@@ -43,7 +43,7 @@ from mvit_nas.data import ProxyData
 from mvit_nas.evaluation import Evaluation, WorkerInputs, describe_failure, evaluate
 from mvit_nas.executors import Executor, LocalExecutor, RayExecutor, Shared
 from mvit_nas.fidelity import RungResult, promotions, read_rungs
-from mvit_nas.latency import Calibration, calibrate, check_available, device_lock, quietest
+from mvit_nas.latency import Calibration, calibrate, check_available, device_lock
 from mvit_nas.report import front, rung_entries
 from mvit_nas.run import INTERRUPTED, TrialRecord, config_key, is_finished
 from mvit_nas.seeds import FittedSeed, fitted_seeds
@@ -391,7 +391,7 @@ def _latency_table(settings: SearchSettings, run_dir: Path) -> LatencyTable | No
 
 def _calibrate(study: optuna.Study, settings: SearchSettings, address: str | None) -> Calibration | None:
     """Time the references quietly, now (at every start and resume), and record it in the study; the run
-    judges by the quietest of its calibrations (:func:`~mvit_nas.latency.quietest`).
+    judges by the quietest of its calibrations (:func:`~mvit_nas.run.judging_calibration`).
 
     None where the driver cannot time the workers' device (a cluster's driver, a predicted
     run): the workers then calibrate on their own.
@@ -403,9 +403,7 @@ def _calibrate(study: optuna.Study, settings: SearchSettings, address: str | Non
     except InputError:
         return None
     calibration = calibrate(settings.latency, device_lock(settings.latency.device))
-    history = [*study.user_attrs.get(run_folder.CALIBRATIONS_ATTR, []), calibration.to_dict()]
-    study.set_user_attr(run_folder.CALIBRATIONS_ATTR, history)
-    return quietest([Calibration.from_dict(c) for c in history], settings.latency, calibration.hardware)
+    return run_folder.judging_calibration(study, calibration, settings.latency)
 
 
 def _prepare(

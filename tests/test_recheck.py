@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,9 +12,9 @@ import pytest
 from helpers import tiny_settings
 
 import mvit_nas.recheck as recheck
-from mvit_nas.latency import Benchmark, Calibration, LatencyStats
+from mvit_nas.latency import Benchmark, Calibration, LatencyStats, hardware_name, reference_spec
 from mvit_nas.report import export_run, front
-from mvit_nas.run import FRONT_LATENCY_FILE, open_study
+from mvit_nas.run import CALIBRATIONS_ATTR, FRONT_LATENCY_FILE, open_study
 from mvit_nas.search import search
 
 
@@ -42,7 +43,8 @@ def test_a_front_point_over_budget_at_the_final_re_measurement_leaves_the_front_
         return out
 
     monkeypatch.setattr(recheck, "interleave", fake_interleave)
-    monkeypatch.setattr(recheck, "calibrate", lambda spec, lock: Calibration({"xxs@128": 1.0}, spec))
+    quiet = lambda spec, lock: Calibration({"xxs@128": 1.0}, reference_spec(spec), hardware_name(spec.device))  # noqa: E731
+    monkeypatch.setattr(recheck, "calibrate", quiet)
     rows = recheck.check_front(run_dir)
 
     study = open_study(run_dir)
@@ -63,3 +65,30 @@ def test_a_front_point_over_budget_at_the_final_re_measurement_leaves_the_front_
     judged = table["latency_ratio"] * table["latency_reference_ms"]
     assert (table["latency_judged_ms"] - judged).abs().max() < 1e-9  # the raw median stays beside it
     assert (table["latency_ratio_low"] <= table["latency_ratio"]).all() and table["proxy_resolution"].notna().all()
+
+
+@pytest.mark.parametrize("check_is_quieter", [False, True])
+def test_the_front_check_judges_by_the_quietest_calibration_the_run_has_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, check_is_quieter: bool
+) -> None:
+    run_dir = tmp_path / "run"
+    search(tiny_settings(1000.0), run_dir, trials=3, executor="local", workers=1)
+    started = Calibration.from_dict(open_study(run_dir).user_attrs[CALIBRATIONS_ATTR][0])
+    factor = 0.5 if check_is_quieter else 100.0  # the check's own timing of the references: quieter, or a busy machine
+    at_check = dataclasses.replace(started, reference_ms={k: v * factor for k, v in started.reference_ms.items()})
+    judged_by: list[Calibration] = []
+
+    def fake_interleave(
+        candidates: Sequence[Benchmark], _references: object, calibration: Calibration, _seconds: float, _lock: object
+    ) -> list[LatencyStats]:
+        judged_by.append(calibration)
+        return [LatencyStats(1.0, 1.0, 1.0, 1.0, 50, c.spec, None, reference_ms=1.0, ratio=1.0, ratio_low=0.99,
+                             ratio_high=1.01) for c in candidates]  # fmt: skip
+
+    monkeypatch.setattr(recheck, "interleave", fake_interleave)
+    monkeypatch.setattr(recheck, "calibrate", lambda spec, lock: at_check)
+    recheck.check_front(run_dir)
+
+    assert judged_by and all(c == (at_check if check_is_quieter else started) for c in judged_by)
+    history = open_study(run_dir).user_attrs[CALIBRATIONS_ATTR]
+    assert [Calibration.from_dict(c) for c in history] == [started, at_check]  # the check's timing is kept too

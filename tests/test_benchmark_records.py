@@ -1,0 +1,45 @@
+"""A long benchmark's records: every finished piece on disk at once, and a restarted run doing only what is missing."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from benchmarks import proxy_fidelity
+from benchmarks._common import append_record, read_records
+from mvit_nas.config import preset
+from mvit_nas.proxy import ProxySpec
+
+
+def test_records_read_back_in_order_and_a_line_cut_by_a_kill_is_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "jobs.jsonl"
+    append_record(path, {"job": 1})
+    append_record(path, {"job": 2, "score": 0.5})
+    with path.open("a") as file:
+        file.write('{"job": 3, "sco')  # killed mid-write
+    assert read_records(path) == [{"job": 1}, {"job": 2, "score": 0.5}]
+    assert read_records(tmp_path / "absent.jsonl") == []
+
+
+def test_proxy_fidelity_reruns_only_the_evaluations_its_records_lack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short = ProxySpec()
+    long = dataclasses.replace(short, epochs=2 * short.epochs)
+    jobs = proxy_fidelity.make_jobs([("xxs", preset("xxs"))], short, long)
+    records = tmp_path / "jobs.jsonl"
+    for job in jobs:
+        done = {"name": job.name, "what": job.what, "config": job.config, "spec": job.spec, "score": 0.1}
+        append_record(records, done)
+    # Another recipe's record for the same config and proxy does not stand in for this one's.
+    other = dataclasses.replace(jobs[0], spec={**jobs[0].spec, "lr": 1.0})
+    assert not other.matches(read_records(records)[0])
+
+    def no_pool(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("every evaluation is held: nothing should run")
+
+    monkeypatch.setattr(proxy_fidelity.concurrent.futures, "ProcessPoolExecutor", no_pool)
+    results = proxy_fidelity.run_jobs(jobs, workers=1, records_file=records)
+    assert sorted((r["name"], r["what"]) for r in results) == sorted((j.name, j.what) for j in jobs)
