@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 import json
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -244,11 +244,15 @@ def _generic(payload: dict[str, Any]) -> str:
     return "; ".join(parts[:8]) or "see the JSON"
 
 
+def _benchmark_of(name: str, known: Iterable[str]) -> str | None:
+    """Of ``known`` benchmarks, the one result file ``name`` belongs to: a variant's file (e.g.
+    proxy_fidelity_lr3e-3, from ``--name``) belongs to the benchmark its name extends."""
+    return max((key for key in known if name == key or name.startswith(key + "_")), key=len, default=None)
+
+
 def summarise(name: str, payload: dict[str, Any]) -> str:
-    # A variant's file (e.g. proxy_fidelity_lr3e-3, from --name) is summarised like its benchmark.
-    known = [key for key in SUMMARIES if name == key or name.startswith(key + "_")]
     try:
-        return SUMMARIES[max(known, key=len)](payload)
+        return SUMMARIES[_benchmark_of(name, SUMMARIES) or name](payload)
     except (KeyError, TypeError, ValueError, IndexError):  # an unknown or changed layout: fall back, never fail
         return _generic(payload)
 
@@ -351,7 +355,8 @@ def freshness(name: str, payload: dict[str, Any]) -> str:
     commit = git.get("commit")
     if not commit:
         return "**stale?** measured before results recorded their commit"
-    paths = MEASURES.get(name, ("mvit_nas",))
+    benchmark = _benchmark_of(name, MEASURES)
+    paths = MEASURES[benchmark] if benchmark else ("mvit_nas",)
     changed = subprocess.run(
         ["git", "diff", "--name-only", commit, "HEAD", "--", *paths], cwd=REPO, capture_output=True, text=True
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from benchmarks.make_table import code_of, freshness, render
+import pytest
+
+from benchmarks.make_table import MEASURES, _benchmark_of, code_of, freshness, render
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +42,12 @@ def test_a_docstring_or_comment_edit_leaves_a_result_current_and_a_code_edit_doe
     changed = 'def f(x):\n    """Says one thing."""\n    return x + 2\n'
     assert code_of(before) == code_of(reworded)
     assert code_of(before) != code_of(changed)
+
+
+def test_a_variant_result_is_judged_by_the_code_its_benchmark_measures(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 62eab0c predates changes to cost.py and to much else: only what "cost" measures is asked about.
+    monkeypatch.setitem(MEASURES, "cost", ("mvit_nas/cost.py",))
+    verdict = freshness("cost_variant", {"git": {"commit": "62eab0c", "dirty": False}})
+    assert verdict.endswith("**stale**, mvit_nas/cost.py changed since"), verdict
+    assert _benchmark_of("proxy_fidelity_real", MEASURES) == "proxy_fidelity_real"  # the longest name wins
+    assert _benchmark_of("proxy_fidelity_lr3e-3", MEASURES) == "proxy_fidelity"
