@@ -157,16 +157,21 @@ def _latency_repeatability(p: dict[str, Any]) -> str:
 def _proxy_fidelity_real(p: dict[str, Any]) -> str:
     s, taus = p["summary"], p["kendall_tau"]
 
-    def tau(name: str) -> str:
-        value = taus.get(name, {}).get("tau")
+    def tau_text(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
-    ceiling = "n/a" if s["ceiling_tau"] is None else f"{s['ceiling_tau']:.2f}"
+    def tau(name: str) -> str:
+        return tau_text(taus.get(name, {}).get("tau"))
+
+    ceiling = tau_text(s["ceiling_tau"])
     partial = f"PARTIAL ({p['jobs_done']}/{p['jobs_total']} jobs): " if p.get("partial") else ""
+    growth = ", ".join(f"{budget} {tau_text(pair['tau'])}" for budget, pair in p.get("ceiling_by_budget", {}).items())
     return (
-        f"{partial}truth ceiling (seed vs seed) tau {ceiling} over {s['ceiling_n']} archs; default proxy "
+        f"{partial}truth ceiling (seed vs seed) tau {ceiling} over {s['ceiling_n']} archs"
+        f"{f' (seed vs seed by budget: {growth})' if growth else ''}; default proxy "
         f"{tau('train_1x')}, sotl {tau('sotl_1x')}, fixed 64 px {tau('fixed64_1x')}, synflow {tau('synflow')}, "
-        f"naswot {tau('naswot')}, params {tau('params')}, FLOPs {tau('flops')}, ensemble {tau('ensemble')}; "
+        f"naswot {tau('naswot')}, params {tau('params')}, FLOPs {tau('flops')}, ensemble {tau('ensemble')}, "
+        f"mean of two seeds of the default proxy {tau('train_1x_mean2')}; "
         f"generated-data default proxy {tau('synthetic_train')}"
     )
 

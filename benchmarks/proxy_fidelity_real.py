@@ -14,7 +14,11 @@ two seeds: a truth below 0.7 ranks nothing, and every proxy is also compared
 with the mean of the seeds.
 
 Proxies, all on equal footing (every one on the same architectures and split):
-short training at 0.5x, 1x (the default proxy's budget) and 2x; the sum of
+short training at 0.5x, 1x (the default proxy's budget) and 2x, each with the
+truth's two seeds: their seed-to-seed tau shows how the ceiling grows with the
+budget (``ceiling_by_budget``), and the mean of the two seeds is scored as a
+proxy of its own (``train_1x_mean2``: does a second seed buy more than a
+doubled budget?); the sum of
 training losses over the 1x run (Ru et al. 2021; lower is better, so negated);
 the same 1x training at the fixed 64 px of earlier versions (``fixed64``);
 synflow, naswot and grad_norm; params and FLOPs; the default proxy exactly as a
@@ -70,6 +74,7 @@ DEFAULT_IMAGES = round(ProxySpec.epochs * SYNTHETIC_TRAIN_SIZE)  # what the defa
 GOAL_CEILING, GOAL_TAU, GOAL_SHARE = 0.7, 0.7, 0.9
 ZERO_COST = ("synflow", "naswot", "grad_norm")
 TRUTH_SEEDS = (0, 1)
+SHORT_FACTORS = (1, 0.5, 2)  # short trainings, x the default proxy's images; each with every truth seed
 SEED = 0
 
 _DATA: dict[str, ProxyData] = {}  # per worker process: "real" and "synthetic"
@@ -136,6 +141,11 @@ def pick_archs(count: int, settings: SearchSettings) -> dict[str, dict[str, Any]
 # --- the jobs ------------------------------------------------------------------------------
 
 
+def _short(factor: float, seed: int = 0) -> str:
+    """A short training's column: ``train_1x``, its second seed ``train_1x_s1``."""
+    return f"train_{factor:g}x" + (f"_s{seed}" if seed else "")
+
+
 def make_jobs(archs: dict[str, dict[str, Any]], truth_factor: float, truth_scale: float, device: str) -> list[Job]:
     """Every job, architecture by architecture (its truth first), in an order that spreads early results."""
     train_size = 45_000  # CIFAR-10's train split less the held-out 10%
@@ -145,9 +155,8 @@ def make_jobs(archs: dict[str, dict[str, Any]], truth_factor: float, truth_scale
     proxies: dict[str, tuple[str, ProxySpec]] = {
         **{f"truth_s{s}": ("real", dataclasses.replace(real, epochs=truth_factor * epochs, scale=truth_scale, seed=s))
            for s in TRUTH_SEEDS},
-        "train_1x": ("real", real),
-        "train_0.5x": ("real", dataclasses.replace(real, epochs=0.5 * epochs)),
-        "train_2x": ("real", dataclasses.replace(real, epochs=2 * epochs)),
+        **{_short(factor, seed): ("real", dataclasses.replace(real, epochs=factor * epochs, seed=seed))
+           for seed in TRUTH_SEEDS for factor in SHORT_FACTORS},
         "fixed64_1x": ("real", dataclasses.replace(real, scale=None, resolution=64)),
         **{kind: ("real", dataclasses.replace(real, kind=kind)) for kind in ZERO_COST},
         "synthetic_train": ("synthetic", default),
@@ -222,11 +231,22 @@ def summarise(archs: dict[str, dict[str, Any]], jobs: list[Job], settings_text: 
         if column not in table:
             table[column] = np.nan
     table["truth"] = table[truths].mean(axis=1, skipna=False)
-    proxies = [p for p in ("train_1x", "train_0.5x", "train_2x", "sotl_1x", "fixed64_1x", *ZERO_COST) if p in table]
+    shorts = [_short(factor) for factor in SHORT_FACTORS]
+    proxies = [p for p in (*shorts, "sotl_1x", "fixed64_1x", *ZERO_COST) if p in table]
+    two_seeds = [f"{p}_mean2" for p in shorts if f"{p}_mean2" in table]  # cost two trainings: not an ensemble part
     transfer = [p for p in ("synthetic_train", *(f"synthetic_{k}" for k in ZERO_COST[1:])) if p in table]
     baselines = ["params", "flops"]
-    taus = kendall(table, "truth", [*proxies, *transfer, *baselines])
+    taus = kendall(table, "truth", [*proxies, *two_seeds, *transfer, *baselines])
     ceiling = kendall(table, truths[0], [truths[1]])[truths[1]]
+    # How the seed-to-seed agreement grows with the training budget: each short training against its second seed.
+    by_budget = {f"{factor:g}x": kendall(table, _short(factor), [_short(factor, 1)])[_short(factor, 1)]
+                 for factor in SHORT_FACTORS if _short(factor, 1) in table}  # fmt: skip
+    by_budget[f"{settings_text['truth']['factor']:g}x (the truth)"] = ceiling
+    for factor in SHORT_FACTORS:  # the mean of two seeds of a short training, as a proxy of its own
+        if _short(factor, 1) in table:
+            pair = [_short(factor), _short(factor, 1)]
+            table[f"{pair[0]}_mean2"] = table[pair].mean(axis=1, skipna=False)
+            table[f"{pair[0]}_mean2_seconds"] = table[[f"{p}_seconds" for p in pair]].sum(axis=1, min_count=2)
     best = sorted(proxies, key=lambda p: -(taus[p]["tau"] if taus[p]["tau"] is not None else -2.0))[:3]
     if len(best) >= 2:
         table["ensemble"] = table[best].rank().mean(axis=1, skipna=False)
@@ -262,6 +282,7 @@ def summarise(archs: dict[str, dict[str, Any]], jobs: list[Job], settings_text: 
         },
         "kendall_tau": taus,
         "ceiling": ceiling,
+        "ceiling_by_budget": by_budget,
         **settings_text,
         "rows": json.loads(table.reset_index().to_json(orient="records")),
     }
