@@ -231,6 +231,11 @@ def summarise(archs: dict[str, dict[str, Any]], jobs: list[Job], settings_text: 
         if column not in table:
             table[column] = np.nan
     table["truth"] = table[truths].mean(axis=1, skipna=False)
+    for factor in SHORT_FACTORS:  # the mean of two seeds of a short training, as a proxy of its own
+        if _short(factor, 1) in table:
+            pair = [_short(factor), _short(factor, 1)]
+            table[f"{pair[0]}_mean2"] = table[pair].mean(axis=1, skipna=False)
+            table[f"{pair[0]}_mean2_seconds"] = table[[f"{p}_seconds" for p in pair]].sum(axis=1, min_count=2)
     shorts = [_short(factor) for factor in SHORT_FACTORS]
     proxies = [p for p in (*shorts, "sotl_1x", "fixed64_1x", *ZERO_COST) if p in table]
     two_seeds = [f"{p}_mean2" for p in shorts if f"{p}_mean2" in table]  # cost two trainings: not an ensemble part
@@ -242,11 +247,6 @@ def summarise(archs: dict[str, dict[str, Any]], jobs: list[Job], settings_text: 
     by_budget = {f"{factor:g}x": kendall(table, _short(factor), [_short(factor, 1)])[_short(factor, 1)]
                  for factor in SHORT_FACTORS if _short(factor, 1) in table}  # fmt: skip
     by_budget[f"{settings_text['truth']['factor']:g}x (the truth)"] = ceiling
-    for factor in SHORT_FACTORS:  # the mean of two seeds of a short training, as a proxy of its own
-        if _short(factor, 1) in table:
-            pair = [_short(factor), _short(factor, 1)]
-            table[f"{pair[0]}_mean2"] = table[pair].mean(axis=1, skipna=False)
-            table[f"{pair[0]}_mean2_seconds"] = table[[f"{p}_seconds" for p in pair]].sum(axis=1, min_count=2)
     best = sorted(proxies, key=lambda p: -(taus[p]["tau"] if taus[p]["tau"] is not None else -2.0))[:3]
     if len(best) >= 2:
         table["ensemble"] = table[best].rank().mean(axis=1, skipna=False)
