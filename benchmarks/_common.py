@@ -55,8 +55,10 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
     with what :func:`read_records` does not hold.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    # After a kill mid-write the file ends in a cut line: start a new one, or this record would join it and be lost.
+    cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with path.open("a") as file:
-        file.write(json.dumps(record) + "\n")
+        file.write(("\n" if cut else "") + json.dumps(record) + "\n")
         file.flush()
         os.fsync(file.fileno())
 
@@ -64,7 +66,7 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Every record :func:`append_record` wrote to ``path``, in order; none if it does not exist.
 
-    A last line cut short by a kill mid-write is left out (that piece runs again).
+    A line cut short by a kill mid-write is left out (that piece runs again).
     """
     if not path.exists():
         return []

@@ -150,8 +150,9 @@ def make_jobs(
 def run_jobs(jobs: list[Job], workers: int, records_file: Path) -> list[dict[str, Any]]:
     """Every job's result: those ``records_file`` holds, and the rest run now and appended to it."""
     held = read_records(records_file)
-    results = [next(r for r in held if job.matches(r)) for job in jobs if any(job.matches(r) for r in held)]
-    todo = [job for job in jobs if not any(job.matches(r) for r in held)]
+    found = [(job, next((r for r in held if job.matches(r)), None)) for job in jobs]
+    results = [record for _, record in found if record is not None]
+    todo = [job for job, record in found if record is None]
     print(f"{len(results)}/{len(jobs)} evaluations done before; {len(todo)} to run", flush=True)
     if not todo:
         return results

@@ -13,13 +13,15 @@ from mvit_nas.config import preset
 from mvit_nas.proxy import ProxySpec
 
 
-def test_records_read_back_in_order_and_a_line_cut_by_a_kill_is_left_out(tmp_path: Path) -> None:
+def test_records_read_back_in_order_and_a_line_cut_by_a_kill_costs_only_its_own_record(tmp_path: Path) -> None:
     path = tmp_path / "state" / "jobs.jsonl"
     append_record(path, {"job": 1})
     append_record(path, {"job": 2, "score": 0.5})
     with path.open("a") as file:
         file.write('{"job": 3, "sco')  # killed mid-write
     assert read_records(path) == [{"job": 1}, {"job": 2, "score": 0.5}]
+    append_record(path, {"job": 3, "score": 0.7})  # the restarted run's record is not glued to the cut line
+    assert read_records(path) == [{"job": 1}, {"job": 2, "score": 0.5}, {"job": 3, "score": 0.7}]
     assert read_records(tmp_path / "absent.jsonl") == []
 
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import tiny_settings
 
 import mvit_nas.recheck as recheck
-from mvit_nas.latency import Benchmark, Calibration, LatencyStats, hardware_name, reference_spec
+from mvit_nas.latency import Benchmark, Calibration, LatencySpec, LatencyStats, hardware_name, reference_spec
 from mvit_nas.report import export_run, front
 from mvit_nas.run import CALIBRATIONS_ATTR, FRONT_LATENCY_FILE, open_study
 from mvit_nas.search import search
@@ -43,7 +43,10 @@ def test_a_front_point_over_budget_at_the_final_re_measurement_leaves_the_front_
         return out
 
     monkeypatch.setattr(recheck, "interleave", fake_interleave)
-    quiet = lambda spec, lock: Calibration({"xxs@128": 1.0}, reference_spec(spec), hardware_name(spec.device))  # noqa: E731
+
+    def quiet(spec: LatencySpec, _lock: object) -> Calibration:  # as calibrate() records it, at 1 ms
+        return Calibration({"xxs@128": 1.0}, reference_spec(spec), hardware_name(spec.device))
+
     monkeypatch.setattr(recheck, "calibrate", quiet)
     rows = recheck.check_front(run_dir)
 
