@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks import proxy_fidelity
+from benchmarks import multi_fidelity, proxy_fidelity
 from benchmarks._common import append_record, read_records
 from mvit_nas.config import preset
 from mvit_nas.proxy import ProxySpec
@@ -45,3 +46,32 @@ def test_proxy_fidelity_reruns_only_the_evaluations_its_records_lack(
     monkeypatch.setattr(proxy_fidelity.concurrent.futures, "ProcessPoolExecutor", no_pool)
     results = proxy_fidelity.run_jobs(jobs, workers=1, records_file=records)
     assert sorted((r["name"], r["what"]) for r in results) == sorted((j.name, j.what) for j in jobs)
+
+
+def test_multi_fidelity_runs_only_what_its_records_of_the_same_settings_lack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = tmp_path / "runs.jsonl"
+    monkeypatch.setattr(multi_fidelity, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(multi_fidelity, "RUNS_FILE", records)
+    monkeypatch.setattr(sys, "argv", ["multi_fidelity", "--minutes", "15", "--seeds", "0", "--workdir", str(tmp_path)])
+    settings = {"minutes": 15.0, "proxy_images": 3_200, "dataset": "folder:../shared/datasets/cifar10"}
+    settings |= {"budget_ms": 5.0, "verify_seeds": 2, "workers": 2}
+    scores = {"hypervolume_verified_front": 1.0, "hypervolume_verified_seeds": 0.5}
+    append_record(records, {"arm": "single", "seed": 0, **settings, **scores})
+    # The same arm and seed searched for another wall time does not stand in for this one.
+    append_record(records, {"arm": "halving-naswot", "seed": 0, **settings, "minutes": 10.0, **scores})
+    ran: list[tuple[str, int]] = []
+
+    def run(arm: str, seed: int, args: object) -> dict[str, object]:
+        ran.append((arm, seed))
+        return {"arm": arm, "seed": seed, **settings, **scores, "hypervolume_verified_front": 1.5}
+
+    written: list[dict[str, object]] = []
+    monkeypatch.setattr(multi_fidelity, "_run", run)
+    monkeypatch.setattr(multi_fidelity, "_remeasure", lambda runs, args: {})
+    monkeypatch.setattr(multi_fidelity, "write_result", lambda name, result: written.append(result))
+    multi_fidelity.main()
+    assert ran == [("halving-naswot", 0)]
+    assert written[-1]["summary"]["hypervolume_ratio_over_single"] == {"halving-naswot": 1.5}
+    assert written[-1]["passed"] and not written[-1]["partial"]
