@@ -3,16 +3,18 @@ and a real tiny search with ``--fidelity halving`` and ``single``."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import tiny_settings
+from helpers import FAST_PROXY, tiny_settings
 
 from mvit_nas.cli import main
 from mvit_nas.fidelity import FidelitySpec, RungEntry, promotions, ranked, read_rungs, rung_front
-from mvit_nas.report import export_run, front, rung_entries
+from mvit_nas.report import export_run, front, rung_entries, seed_dominance
+from mvit_nas.report.tables import accuracy_scale
 from mvit_nas.run import read_study, weights_path
 from mvit_nas.search import search
 from mvit_nas.settings import SearchSettings
@@ -161,3 +163,33 @@ def test_the_cli_refuses_a_bad_eta_naming_it(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--eta" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_zero_cost_rung_0_labels_each_score_by_the_rung_it_is_from(tmp_path: Path) -> None:
+    settings = tiny_settings(fidelity=HALVING, proxy=dataclasses.replace(FAST_PROXY, kind="naswot"))
+    assert accuracy_scale(settings, 0) == (1.0, "naswot score") and accuracy_scale(settings, 1) == (100.0, "%")
+    run_dir = tmp_path / "run"
+    search(settings, run_dir, trials=10, executor="local", workers=1)
+    study = read_study(run_dir)
+    assert read_rungs(study.user_attrs), "nothing was promoted"
+    export_run(run_dir, out_dir=tmp_path / "out", formats=("yaml",))
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    front_part = summary[summary.index("## Pareto front") : summary.index("## Front against the seeds")]
+    points = front(study)
+    rungs = {t.user_attrs.get("rung", 0) for t in points}
+    # A trained rung's score is a top-1 fraction, shown in percent; rung 0's is naswot's, shown as it is.
+    for trial in points:
+        rung = trial.user_attrs.get("rung", 0)
+        shown = f"{trial.values[0] * 100:.2f}" if rung else f"{trial.values[0]:.2f}"
+        row = next(line for line in front_part.splitlines() if line.startswith(f"| {trial.number} |"))
+        assert shown in row and (len(rungs) == 1 or ("%" if rung else "naswot score") in row)
+    if rungs == {0}:
+        assert "accuracy (naswot score)" in front_part and "Hypervolume" in front_part
+    elif 0 not in rungs:
+        assert "accuracy (%)" in front_part and "Hypervolume" in front_part
+    else:
+        assert "| score |" in front_part and "No hypervolume" in front_part
+    comparisons = [c for row in seed_dominance(study) for c in row["versus"].values() if not c["same_trial"]]
+    seeds_part = summary[summary.index("## Front against the seeds") :]
+    assert any(c["rung"] for c in comparisons) == ("points," in seeds_part)
+    assert (tmp_path / "out" / "pareto.png").is_file()

@@ -40,6 +40,9 @@ from mvit_nas.fidelity import RungEntry, read_rungs, rung_front
 from mvit_nas.run import FRONT_DROPPED_ATTR, TrialRecord, is_feasible
 from mvit_nas.seeds import preset_of
 
+# A rung of successive halving above 0 trains, whatever the proxy: its score is a top-1 fraction, x100 in points.
+TRAINED_SCALE = 100.0
+
 __all__ = [
     "SEEDS",
     "dropped",
@@ -217,7 +220,7 @@ def _compare(
         "seed_trial": seed.number,
         "latency_saved_ms": saved,
         "latency_saved_pct": 100.0 * saved / seed_latency if seed_latency > 0 else None,
-        "accuracy_gain": gain * accuracy_scale,
+        "accuracy_gain": gain * (accuracy_scale if rung == 0 else TRAINED_SCALE),
         "dominates": point.number != seed.number
         and accuracy >= seed_accuracy
         and latency <= seed_latency
@@ -236,7 +239,8 @@ def seed_dominance(study: optuna.Study, accuracy_scale: float = 100.0) -> list[d
     at least as accurate and as fast, better in one) and ``versus`` (seed name ->
     ``seed_trial``, ``dominates``, ``accuracy_gain`` in points, i.e. the accuracy
     difference times ``accuracy_scale`` (100 turns a top-1 fraction into percentage
-    points), ``latency_saved_ms`` and ``latency_saved_pct`` (positive = faster than
+    points; rung 0's scale, the proxy's: a longer rung trains, so its difference is
+    always times :data:`TRAINED_SCALE`), ``latency_saved_ms`` and ``latency_saved_pct`` (positive = faster than
     the seed), ``same_trial`` (the front point is the seed) and ``rung`` (the successive-halving
     rung whose scores were compared: the highest both reached; 0 in a single-fidelity run)).
 

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mvit_nas.atomic import atomic_path
 from mvit_nas.report.front import seed_trials
-from mvit_nas.report.tables import accuracy_scale, spec_text
+from mvit_nas.report.tables import accuracy_scale, front_units, spec_text
 from mvit_nas.run import is_feasible
 from mvit_nas.settings import SearchSettings
 
@@ -44,11 +44,11 @@ def _plot_trials(ax: Axes, study: optuna.Study, front_trials: Sequence[FrozenTri
         ax.scatter([t.values[1] for t in feasible], accuracies, color="tab:blue", alpha=0.6, label="feasible")
 
 
-def _plot_front(ax: Axes, front_trials: Sequence[FrozenTrial], scale: float, budget_ms: float) -> None:
+def _plot_front(ax: Axes, front_trials: Sequence[FrozenTrial], scales: Sequence[float], budget_ms: float) -> None:
     if not front_trials:
         return
     latencies = [t.values[1] for t in front_trials]
-    accuracies = [t.values[0] * scale for t in front_trials]
+    accuracies = [t.values[0] * scale for t, scale in zip(front_trials, scales, strict=True)]
     # Best accuracy reachable within each latency: a step up at every front point, held to the budget.
     ax.step([*latencies, budget_ms], [*accuracies, accuracies[-1]], where="post", color="tab:red", lw=1.5)
     ax.scatter(latencies, accuracies, color="tab:red", zorder=3, label=f"Pareto front ({len(front_trials)})")
@@ -72,18 +72,25 @@ def plot_front(study: optuna.Study, settings: SearchSettings, front_trials: Sequ
     from matplotlib.figure import Figure
 
     scale, unit = accuracy_scale(settings)
+    units = front_units(settings, front_trials)
     budget_ms = settings.budget_ms
     figure = Figure(figsize=(8, 5.5), dpi=120)
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    _plot_trials(ax, study, front_trials, scale)
-    _plot_front(ax, front_trials, scale, budget_ms)
-    _plot_seeds(ax, study, scale)
+    rung0_ax, label = ax, f"proxy accuracy ({unit})"
+    if any(front_unit != (scale, unit) for front_unit in units):
+        # Successive halving screened by a zero-cost score: the front is trained accuracy, the rest of the
+        # trials (and the seeds) have only the score, on an axis of its own.
+        rung0_ax, label = ax.twinx(), "accuracy (%) at each front point's highest rung"
+        rung0_ax.set_ylabel(f"rung 0 ({unit}): other trials and seeds")
+    _plot_trials(rung0_ax, study, front_trials, scale)
+    _plot_front(ax, front_trials, [front_scale for front_scale, _ in units], budget_ms)
+    _plot_seeds(rung0_ax, study, scale)
     ax.axvline(budget_ms, color="black", linestyle="--", lw=1, label=f"budget {budget_ms:g} ms")
     # One legend entry for all seeds, however many ran.
     ax.scatter([], [], marker="*", s=120, color="gold", edgecolor="black", label="seeds (xxs / xs / s)")
     ax.set_xlabel("latency, judged (ms)")
-    ax.set_ylabel(f"proxy accuracy ({unit})")
+    ax.set_ylabel(label)
     ax.set_title(f"Accuracy vs latency — {spec_text(study, settings)}", fontsize=9)
     return _save(figure, ax, path)
 
@@ -134,7 +141,8 @@ def plot_verification(report: VerifyReport, path: Path) -> Path:
 def _save(figure: Any, ax: Any, path: Path) -> Path:
     """Grid, legend, tight layout, then the PNG written atomically."""
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    handles = [artist for axes in figure.axes for artist in axes.get_legend_handles_labels()[0]]
+    ax.legend(handles=handles, fontsize=8, loc="best")  # a twin axis's artists too
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")

@@ -19,7 +19,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from mvit_nas.report.front import SEEDS, dropped, fitted_seed_trials, hypervolume, seed_dominance, seed_trials
-from mvit_nas.report.tables import accuracy_scale, markdown_table, spec_text
+from mvit_nas.report.tables import accuracy_scale, front_units, markdown_table, spec_text
 from mvit_nas.report.verification import BEATS, VerifyReport
 from mvit_nas.run import INTERRUPTED, TrialRecord, is_feasible, is_finished
 from mvit_nas.seeds import preset_of
@@ -92,8 +92,10 @@ def _rungs_section(table: pd.DataFrame, settings: SearchSettings) -> list[str]:
         ran = table[table[f"rung{rung}_epochs"].notna()] if f"rung{rung}_epochs" in table else table.iloc[:0]
         failed = int(ran[f"rung{rung}_failure"].notna().sum()) if len(ran) else 0
         counts.append((len(ran) - failed, failed, ran[f"rung{rung}_seconds"].sum() if len(ran) else 0.0))
-    frame = pd.DataFrame(counts, columns=["trained", "failed", "seconds"])
-    frame.insert(0, "epochs", epochs)
+    frame = pd.DataFrame(counts, columns=["scored", "failed", "seconds"])
+    # A zero-cost rung 0 trains nothing: its epochs would be the first trained rung's base, not its cost.
+    kind = settings.proxy.kind
+    frame.insert(0, "epochs", [f"— ({kind})" if kind != "train" else f"{epochs[0]:g}", *map("{:g}".format, epochs[1:])])
     frame.insert(0, "rung", range(len(epochs)))
     total = frame["seconds"].sum()
     frame["share of training"] = [f"{100 * s / total:.0f}%" if total else "—" for s in frame["seconds"]]
@@ -130,15 +132,20 @@ def _front_table(
     front_trials: Sequence[FrozenTrial],
     table: pd.DataFrame,
     files: Mapping[int, Sequence[str]],
-    scale: float,
-    unit: str,
+    settings: SearchSettings,
 ) -> pd.DataFrame:
     rows = table.set_index("number").loc[[t.number for t in front_trials]]
     spreads = zip(rows["latency_p10_ms"], rows["latency_p90_ms"], strict=True)
+    units = front_units(settings, front_trials)
+    if len(set(units)) == 1:
+        accuracy = {f"accuracy ({units[0][1]})": [_fmt(t.values[0] * units[0][0], 2) for t in front_trials]}
+    else:  # a zero-cost rung 0 beside trained rungs: each score says what it is
+        cells = [f"{_fmt(t.values[0] * scale, 2)} {unit}" for t, (scale, unit) in zip(front_trials, units, strict=True)]
+        accuracy = {"score": cells}
     frame = pd.DataFrame(
         {
             "trial": rows.index,
-            f"accuracy ({unit})": [_fmt(t.values[0] * scale, 2) for t in front_trials],
+            **accuracy,
             "latency (ms)": [_fmt(t.values[1], 3) for t in front_trials],
             "p10 to p90 (ms)": [f"{_fmt(p10, 3)} to {_fmt(p90, 3)}" for p10, p90 in spreads],
             "params (M)": [_fmt(p / 1e6, 3) if pd.notna(p) else "—" for p in rows["params"]],
@@ -170,16 +177,20 @@ def _front_section(
         lines.append("")
     if not front_trials:
         return [*lines, f"The front is empty: {_empty_front_reason(study, budget_ms)}.", ""]
-    scale, unit = accuracy_scale(settings)
-    volume = hypervolume([t.values for t in front_trials], (0.0, budget_ms))
-    lines += [
-        f"Hypervolume: **{volume:.4g}** (accuracy x ms) against the reference (accuracy 0, latency "
-        f"{budget_ms:g} ms); divided by the budget, **{volume / budget_ms * scale:.3g} {unit}**: "
-        "the best accuracy reachable within a latency limit, averaged over limits from 0 to the budget.",
-        "",
-        markdown_table(_front_table(front_trials, table, files, scale, unit)),
-        "",
-    ]
+    units = set(front_units(settings, front_trials))
+    if len(units) == 1:
+        (scale, unit), volume = units.pop(), hypervolume([t.values for t in front_trials], (0.0, budget_ms))
+        lines.append(
+            f"Hypervolume: **{volume:.4g}** (accuracy x ms) against the reference (accuracy 0, latency "
+            f"{budget_ms:g} ms); divided by the budget, **{volume / budget_ms * scale:.3g} {unit}**: "
+            "the best accuracy reachable within a latency limit, averaged over limits from 0 to the budget."
+        )
+    else:
+        lines.append(
+            f"No hypervolume: the front holds {settings.proxy.kind} scores (rung 0) beside trained accuracies "
+            "(longer rungs), which do not add up."
+        )
+    lines += ["", markdown_table(_front_table(front_trials, table, files, settings)), ""]
     if weights:
         lines += ["Model weights in the ONNX / timm exports:", ""]
         lines += [f"- trial {number}: {source}" for number, source in weights.items()]
@@ -234,7 +245,7 @@ def _seeds_table(study: optuna.Study, scale: float, unit: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _versus_cell(comparison: dict[str, Any] | None, unit: str) -> str:
+def _versus_cell(comparison: dict[str, Any] | None, settings: SearchSettings) -> str:
     if comparison is None:
         return "—"
     if comparison.get("same_trial"):
@@ -242,22 +253,23 @@ def _versus_cell(comparison: dict[str, Any] | None, unit: str) -> str:
     saved_ms, saved_pct = comparison["latency_saved_ms"], comparison["latency_saved_pct"]
     pct = f" ({_fmt(abs(saved_pct), 0)} %)" if saved_pct is not None else ""
     saved = f"{_fmt(abs(saved_ms), 2)} ms{pct} {'faster' if saved_ms >= 0 else 'slower'}"
-    gain = f"{_fmt(comparison['accuracy_gain'], 1, sign=True)} {unit}"
+    _, unit = accuracy_scale(settings, comparison["rung"])  # compared at the highest rung both reached
+    gain = f"{_fmt(comparison['accuracy_gain'], 1, sign=True)} {'points' if unit == '%' else unit}"
     verdict = "**dominates**" if comparison["dominates"] else "does not dominate"
     return f"{verdict}: {gain}, {saved}"
 
 
-def _seeds_comparison(study: optuna.Study, front_trials: Sequence[FrozenTrial], scale: float, points: str) -> list[str]:
+def _seeds_comparison(study: optuna.Study, front_trials: Sequence[FrozenTrial], settings: SearchSettings) -> list[str]:
     """Each front point against each budget-fitted seed, and why a seed no front point dominates is not beaten."""
     seeds = {name: trial for name, trial in fitted_seed_trials(study).items() if is_feasible(trial)}
-    dominance = seed_dominance(study, accuracy_scale=scale)
+    dominance = seed_dominance(study, accuracy_scale=accuracy_scale(settings)[0])
     if not dominance:
         return ["No front point to compare with the seeds."]
     if not seeds:
         return ["No budget-fitted seed completed within budget, so there is nothing to compare the front with."]
     comparison = pd.DataFrame(
         [
-            {"trial": row["trial"], **{name: _versus_cell(row["versus"].get(name), points) for name in seeds}}
+            {"trial": row["trial"], **{name: _versus_cell(row["versus"].get(name), settings) for name in seeds}}
             for row in dominance
         ]
     )
@@ -266,7 +278,8 @@ def _seeds_comparison(study: optuna.Study, front_trials: Sequence[FrozenTrial], 
         "space within the budget (`xxs@160`; its own name when it fits as published), else at the smallest "
         "resolution with its channels scaled down (`s@96w0.5`). An over-budget seed was never trained: it is no "
         "baseline. Each cell: whether the front point dominates the fitted seed (at least as accurate and as fast, "
-        f"better in one), the accuracy gain in {points} and the latency saved.",
+        "better in one), the accuracy gain (points of top-1, or the proxy's score at rung 0 of a zero-cost proxy) "
+        "and the latency saved.",
         "",
         markdown_table(comparison),
     ]
@@ -300,14 +313,13 @@ def summary_markdown(
     the run's verification report (``verify.json``), if it has one.
     """
     scale, unit = accuracy_scale(settings)
-    points = "points" if unit == "%" else unit
     lines = [f"# mvit-nas run `{run_name}`", ""]
     lines += _settings_section(study, settings)
     lines += _trials_section(study)
     lines += _rungs_section(table, settings)
     lines += _front_section(study, settings, front_trials, table, files, weights)
     lines += ["## Front against the seeds", "", markdown_table(_seeds_table(study, scale, unit)), ""]
-    lines += _seeds_comparison(study, front_trials, scale, points)
+    lines += _seeds_comparison(study, front_trials, settings)
     if verification is not None:
         lines += ["", *verify_section(verification)]
     return "\n".join(lines) + "\n"

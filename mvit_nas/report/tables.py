@@ -25,10 +25,19 @@ from optuna.trial import FrozenTrial
 
 from mvit_nas.fidelity import read_rungs
 from mvit_nas.latency import LatencySpec, LatencyStats
+from mvit_nas.report.front import TRAINED_SCALE
 from mvit_nas.run import CONSTRAINT, TrialRecord, is_feasible
 from mvit_nas.settings import SearchSettings
 
-__all__ = ["accuracy_scale", "markdown_table", "pareto_frame", "resolution_label", "spec_text", "trials_frame"]
+__all__ = [
+    "accuracy_scale",
+    "front_units",
+    "markdown_table",
+    "pareto_frame",
+    "resolution_label",
+    "spec_text",
+    "trials_frame",
+]
 
 SPEC_FIELDS = ("device", "backend", "batch_size", "resolution", "dtype", "threads")
 LATENCY_STATS = ("median", "p10", "p90", "mean")
@@ -71,10 +80,20 @@ def resolution_label(spec: LatencySpec) -> int | str:
     return spec.height if spec.height == spec.width else f"{spec.height}x{spec.width}"
 
 
-def accuracy_scale(settings: SearchSettings) -> tuple[float, str]:
-    """(factor, unit): the ``train`` proxy's top-1 fraction is shown in percent; a zero-cost score as it is."""
-    kind = settings.proxy.kind
-    return (100.0, "%") if kind == "train" else (1.0, f"{kind} score")
+def accuracy_scale(settings: SearchSettings, rung: int = 0) -> tuple[float, str]:
+    """(factor, unit) of a score at ``rung``: a top-1 fraction is shown in percent, a zero-cost score as it is.
+
+    Rung 0 is the proxy's score; a longer rung of successive halving trains, so its score
+    is a top-1 fraction whatever the proxy (a naswot-screened run's front is in percent).
+    """
+    if rung == 0 and settings.proxy.kind != "train":
+        return 1.0, f"{settings.proxy.kind} score"
+    return TRAINED_SCALE, "%"
+
+
+def front_units(settings: SearchSettings, front_trials: Sequence[FrozenTrial]) -> list[tuple[float, str]]:
+    """Each front point's (scale, unit) (:func:`accuracy_scale`): its score is from its highest rung (0 if none)."""
+    return [accuracy_scale(settings, t.user_attrs.get("rung", 0)) for t in front_trials]
 
 
 def spec_text(study: optuna.Study, settings: SearchSettings) -> str:
