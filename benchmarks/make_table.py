@@ -179,8 +179,7 @@ def _proxy_fidelity_real(p: dict[str, Any]) -> str:
 def _multi_fidelity(p: dict[str, Any]) -> str:
     s = p["summary"]
     hv = s["mean_hypervolume_verified_front"]
-    # Results before the naswot arm had one halving arm, its ratio under another name.
-    ratios = s.get("hypervolume_ratio_over_single") or {"halving": s["hypervolume_ratio_halving_over_single"]}
+    ratios = s["hypervolume_ratio_over_single"]
 
     def shown(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
@@ -191,11 +190,10 @@ def _multi_fidelity(p: dict[str, Any]) -> str:
         f"front {len(r['front'])}, verified HV with its own latencies {r['hypervolume_verified_front']:.3f}"
         for r in p["runs"]
     )
-    minutes = p.get("minutes", p.get("minutes_per_run"))
     arms = ", ".join(f"{arm} {shown(value)}" for arm, value in hv.items())
     over = ", ".join(f"{arm} {shown(value)}" for arm, value in ratios.items())
     return (
-        f"{partial}{len(p['runs'])} runs of {minutes:g} min, {p['proxy_images']} proxy images; mean verified "
+        f"{partial}{len(p['runs'])} runs of {p['minutes']:g} min, {p['proxy_images']} proxy images; mean verified "
         f"hypervolume ({s.get('latencies', 'as searched')}): {arms}; over single: {over}; {runs}"
     )
 

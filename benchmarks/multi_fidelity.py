@@ -77,9 +77,13 @@ def _settings(arm: str, seed: int, args: argparse.Namespace) -> SearchSettings:
     )
 
 
+def _recorded_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings a run record keeps: a record is reused only under the same ones."""
+    return {key: getattr(args, key) for key in SETTINGS_KEYS}
+
+
 def _same_settings(record: dict[str, Any], args: argparse.Namespace) -> bool:
-    """Whether a recorded run ran under this invocation's settings (a record of other settings is not reused)."""
-    return all(record.get(key) == getattr(args, key) for key in SETTINGS_KEYS)
+    return all(record.get(key) == value for key, value in _recorded_settings(args).items())
 
 
 def _point(model: VerifiedModel, rung: int) -> dict[str, Any]:
@@ -128,7 +132,7 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "arm": arm,
         "seed": seed,
-        **{key: getattr(args, key) for key in SETTINGS_KEYS},
+        **_recorded_settings(args),
         "search_seconds": search_seconds,
         "finished_trials": result.outcome.finished,
         "architectures_per_rung": {str(k): v for k, v in sorted(rungs.items())},
@@ -216,7 +220,7 @@ def _summarise(
         "partial": partial,
         "runs_done": len(runs),
         "runs_planned": planned,
-        **{key: getattr(args, key) for key in SETTINGS_KEYS},
+        **_recorded_settings(args),
         "arms": {arm: dict(zip(("fidelity", "rung0_proxy"), ARMS[arm], strict=True)) for arm in args.arms},
         "summary": {
             "latencies": "re-measured together" if together else "as each run judged them",
