@@ -386,6 +386,9 @@ def test_summary(exported: Exported) -> None:
     assert "xxs (trial 0) is itself on the front" in summary
     assert "| s | 2 | COMPLETE | no, over budget at every size in the space |" in summary
     assert "any within-budget point dominates" not in summary
+    # These trials were timed raw, not judged against references: a raw spread, and no judged interval.
+    assert "| latency (ms) | judged 95% interval (ms) | raw p10 to p90 (ms) |" in summary
+    assert "| 2.500 | — | 2.375 to 2.625 |" in summary  # trial 4's row
 
 
 # --- models ---------------------------------------------------------------------------------------

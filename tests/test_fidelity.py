@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from helpers import FAST_PROXY, tiny_settings
+from optuna.trial import TrialState
 
 from mvit_nas.cli import main
 from mvit_nas.fidelity import FidelitySpec, RungEntry, promotions, ranked, read_rungs, rung_front
 from mvit_nas.report import export_run, front, rung_entries, seed_dominance
 from mvit_nas.report.tables import accuracy_scale
-from mvit_nas.run import read_study, weights_path
+from mvit_nas.run import STUDY_NAME, read_study, storage_url, weights_path
 from mvit_nas.search import search
 from mvit_nas.settings import SearchSettings
 from mvit_nas.validate import InputError
@@ -165,16 +168,26 @@ def test_the_cli_refuses_a_bad_eta_naming_it(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "r").exists()
 
 
-def test_a_zero_cost_rung_0_labels_each_score_by_the_rung_it_is_from(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def naswot_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("naswot")
+    settings = tiny_settings(fidelity=HALVING, proxy=dataclasses.replace(FAST_PROXY, kind="naswot"))
+    search(settings, run_dir, trials=10, executor="local", workers=1)
+    return run_dir
+
+
+def _front_part(summary: str) -> str:
+    return summary[summary.index("## Pareto front") : summary.index("## Front against the seeds")]
+
+
+def test_a_zero_cost_rung_0_labels_each_score_by_the_rung_it_is_from(naswot_run: Path, tmp_path: Path) -> None:
     settings = tiny_settings(fidelity=HALVING, proxy=dataclasses.replace(FAST_PROXY, kind="naswot"))
     assert accuracy_scale(settings, 0) == (1.0, "naswot score") and accuracy_scale(settings, 1) == (100.0, "%")
-    run_dir = tmp_path / "run"
-    search(settings, run_dir, trials=10, executor="local", workers=1)
-    study = read_study(run_dir)
+    study = read_study(naswot_run)
     assert read_rungs(study.user_attrs), "nothing was promoted"
-    export_run(run_dir, out_dir=tmp_path / "out", formats=("yaml",))
+    export_run(naswot_run, out_dir=tmp_path / "out", formats=("yaml",))
     summary = (tmp_path / "out" / "summary.md").read_text()
-    front_part = summary[summary.index("## Pareto front") : summary.index("## Front against the seeds")]
+    front_part = _front_part(summary)
     points = front(study)
     rungs = {t.user_attrs.get("rung", 0) for t in points}
     # A trained rung's score is a top-1 fraction, shown in percent; rung 0's is naswot's, shown as it is.
@@ -192,4 +205,44 @@ def test_a_zero_cost_rung_0_labels_each_score_by_the_rung_it_is_from(tmp_path: P
     comparisons = [c for row in seed_dominance(study) for c in row["versus"].values() if not c["same_trial"]]
     seeds_part = summary[summary.index("## Front against the seeds") :]
     assert any(c["rung"] for c in comparisons) == ("points," in seeds_part)
+    assert (tmp_path / "out" / "pareto.png").is_file()
+
+
+def test_a_front_of_rung_0_and_trained_points_shows_each_in_its_own_unit(naswot_run: Path, tmp_path: Path) -> None:
+    # A front mixing units: an architecture faster than every other, never promoted, so on the front by its
+    # naswot score alone, beside points trained at longer rungs. Its score is the lowest, so it displaces none.
+    run_dir = tmp_path / "run"
+    shutil.copytree(naswot_run, run_dir)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+    trained = [t for t in front(study) if t.user_attrs.get("rung", 0) > 0]
+    assert trained, "the tiny run's front has no trained point to mix with"
+    template = trained[0]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    score = min(t.values[0] for t in complete) - 1.0
+    latency = min(t.values[1] for t in complete) / 2
+    study.add_trial(
+        optuna.trial.create_trial(
+            values=[score, latency],
+            params=template.params,
+            distributions=template.distributions,
+            user_attrs={**template.user_attrs, "config_key": "crafted-fastest"},
+            system_attrs=template.system_attrs,
+        )
+    )
+    crafted = study.trials[-1].number
+    points = front(read_study(run_dir))
+    assert crafted in [t.number for t in points] and {t.user_attrs.get("rung", 0) for t in points} > {0}
+    export_run(run_dir, out_dir=tmp_path / "out", formats=("yaml",))
+    front_part = _front_part((tmp_path / "out" / "summary.md").read_text())
+    assert "| score |" in front_part and "No hypervolume" in front_part and "Hypervolume:" not in front_part
+    header = [cell.strip() for cell in next(line for line in front_part.splitlines() if "| trial |" in line).split("|")]
+    for trial in points:
+        row = next(line for line in front_part.splitlines() if line.startswith(f"| {trial.number} |"))
+        if trial.number == crafted:
+            assert f"{score:.2f} naswot score" in row
+            continue
+        assert f"{trial.values[0] * 100:.2f} %" in row
+        cells = dict(zip(header, (cell.strip() for cell in row.split("|")), strict=True))
+        low, high = (float(ms) for ms in cells["judged 95% interval (ms)"].split(" to "))
+        assert low <= float(cells["latency (ms)"]) <= high  # the judged latency inside its own interval
     assert (tmp_path / "out" / "pareto.png").is_file()
