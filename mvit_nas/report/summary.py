@@ -18,6 +18,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from mvit_nas.latency import LatencyStats
 from mvit_nas.latency.relative import CONFIDENCE
 from mvit_nas.report.front import SEEDS, dropped, fitted_seed_trials, hypervolume, seed_dominance, seed_trials
 from mvit_nas.report.tables import accuracy_scale, front_units, markdown_table, spec_text
@@ -129,6 +130,14 @@ def _empty_front_reason(study: optuna.Study, budget_ms: float) -> str:
     )
 
 
+def _judged_interval(stats: LatencyStats | None) -> str:
+    """The judged latency's bootstrap interval; "—" for a latency timed raw, not judged against the references."""
+    if stats is None or stats.ratio is None:
+        return "—"
+    low, high = stats.judged_interval_ms
+    return f"{_fmt(low, 3)} to {_fmt(high, 3)}"
+
+
 def _front_table(
     front_trials: Sequence[FrozenTrial],
     table: pd.DataFrame,
@@ -137,9 +146,7 @@ def _front_table(
 ) -> pd.DataFrame:
     rows = table.set_index("number").loc[[t.number for t in front_trials]]
     raw_spreads = zip(rows["latency_p10_ms"], rows["latency_p90_ms"], strict=True)
-    # The judged latency's bootstrap interval, in ms: the ratio's interval times the reference it was judged by.
-    judged_low = rows["latency_ratio_low"] * rows["latency_reference_ms"]
-    judged_high = rows["latency_ratio_high"] * rows["latency_reference_ms"]
+    latencies = [TrialRecord.of(t).latency for t in front_trials]
     units = front_units(settings, front_trials)
     if len(set(units)) == 1:
         accuracy = {f"accuracy ({units[0][1]})": [_fmt(t.values[0] * units[0][0], 2) for t in front_trials]}
@@ -151,10 +158,7 @@ def _front_table(
             "trial": rows.index,
             **accuracy,
             "latency (ms)": [_fmt(t.values[1], 3) for t in front_trials],
-            f"judged {CONFIDENCE:.0%} interval (ms)": [
-                f"{_fmt(low, 3)} to {_fmt(high, 3)}" if pd.notna(low) else "—"
-                for low, high in zip(judged_low, judged_high, strict=True)
-            ],
+            f"judged {CONFIDENCE:.0%} interval (ms)": [_judged_interval(stats) for stats in latencies],
             "raw p10 to p90 (ms)": [f"{_fmt(p10, 3)} to {_fmt(p90, 3)}" for p10, p90 in raw_spreads],
             "params (M)": [_fmt(p / 1e6, 3) if pd.notna(p) else "—" for p in rows["params"]],
             "MMACs": [_fmt(f / 1e6, 1) if pd.notna(f) else "—" for f in rows["flops"]],
