@@ -24,9 +24,11 @@ Goal (issue 14): halving's mean verified hypervolume >= 1.1 x single's.
 Resumable: each finished (arm, seed) is appended to
 ``results/benchmarks/multi_fidelity/runs.jsonl`` with the settings it ran under
 (:data:`SETTINGS_KEYS`); a restarted benchmark skips the records of the same settings
-and resumes an unfinished run folder (whose search then gets a fresh ``--minutes``:
-the recorded wall time says what it really had). The summary is rewritten after
-every run, marked partial until every (arm, seed) is done.
+and a run folder whose search finished (:data:`SEARCH_FILE`, the same settings) goes
+straight on to its verification, which resumes job by job; a folder whose search was
+cut is searched again from scratch, so that every arm's search has had exactly
+``--minutes``. The summary is rewritten after every run, marked partial until every
+(arm, seed) is done.
 
 Run::
 
@@ -36,7 +38,9 @@ Run::
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -63,6 +67,7 @@ TRAIN_IMAGES = 45_000  # CIFAR-10's train split less the held-out 10%
 ARMS = {"single": ("single", "train"), "halving": ("halving", "train"), "halving-naswot": ("halving", "naswot")}
 DEFAULT_ARMS = ("single", "halving-naswot")
 SETTINGS_KEYS = ("minutes", "proxy_images", "dataset", "budget_ms", "verify_seeds", "workers")
+SEARCH_FILE = "benchmark_search.json"  # in a run folder: its search finished, in this wall time, under these settings
 
 
 def _settings(arm: str, seed: int, args: argparse.Namespace) -> SearchSettings:
@@ -84,6 +89,17 @@ def _recorded_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _same_settings(record: dict[str, Any], args: argparse.Namespace) -> bool:
     return all(record.get(key) == value for key, value in _recorded_settings(args).items())
+
+
+def _searched(run_dir: Path, args: argparse.Namespace) -> dict[str, Any] | None:
+    """The finished search of ``run_dir`` under the same settings (its wall time and trials); None if there is none."""
+    path = run_dir / SEARCH_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if not _same_settings(record, args):
+        return None
+    return {"search_seconds": record["search_seconds"], "finished_trials": record["finished_trials"]}
 
 
 def _point(model: VerifiedModel, rung: int) -> dict[str, Any]:
@@ -118,10 +134,14 @@ def _score(run_dir: Path, budget_ms: float, verify_seeds: int, workers: int) -> 
 
 def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     run_dir = args.workdir / f"{arm}-seed{seed}"
-    options = RunOptions(trials=10_000, timeout=60 * args.minutes, workers=args.workers)
-    started = time.monotonic()
-    result = run_search(_settings(arm, seed, args), run_dir, options)
-    search_seconds = time.monotonic() - started
+    search = _searched(run_dir, args)
+    if search is None:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a search cut short starts again: each arm gets --minutes
+        options = RunOptions(trials=10_000, timeout=60 * args.minutes, workers=args.workers)
+        started = time.monotonic()
+        result = run_search(_settings(arm, seed, args), run_dir, options)
+        search = {"search_seconds": time.monotonic() - started, "finished_trials": result.outcome.finished}
+        (run_dir / SEARCH_FILE).write_text(json.dumps({**_recorded_settings(args), **search}))
     study = read_study(run_dir)
     rungs: dict[int, int] = {}
     for entry in rung_entries(study):
@@ -133,8 +153,7 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "arm": arm,
         "seed": seed,
         **_recorded_settings(args),
-        "search_seconds": search_seconds,
-        "finished_trials": result.outcome.finished,
+        **search,
         "architectures_per_rung": {str(k): v for k, v in sorted(rungs.items())},
         "verify_seconds": time.monotonic() - started,
         **scored,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -75,3 +77,34 @@ def test_multi_fidelity_runs_only_what_its_records_of_the_same_settings_lack(
     assert ran == [("halving-naswot", 0)]
     assert written[-1]["summary"]["hypervolume_ratio_over_single"] == {"halving-naswot": 1.5}
     assert written[-1]["passed"] and not written[-1]["partial"]
+
+
+def test_multi_fidelity_searches_a_run_once_and_a_cut_search_again_from_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {"minutes": 15.0, "proxy_images": 3_200, "dataset": "synthetic", "budget_ms": 5.0}
+    args = argparse.Namespace(workdir=tmp_path, **settings, verify_seeds=2, workers=2)
+    searches: list[Path] = []
+
+    def run_search(settings: object, run_dir: Path, options: object) -> object:
+        searches.append(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "trials_of_this_search").write_text("")
+        return SimpleNamespace(outcome=SimpleNamespace(finished=7))
+
+    monkeypatch.setattr(multi_fidelity, "run_search", run_search)
+    monkeypatch.setattr(multi_fidelity, "read_study", lambda run_dir: None)
+    monkeypatch.setattr(multi_fidelity, "rung_entries", lambda study: [])
+    monkeypatch.setattr(multi_fidelity, "_score", lambda *a: {"hypervolume_verified_front": 1.0})
+    # A search cut short (a folder without the finished-search record) is thrown away and run again.
+    (tmp_path / "single-seed0").mkdir()
+    (tmp_path / "single-seed0" / "study.db").write_text("cut short")
+    first = multi_fidelity._run("single", 0, args)
+    assert searches == [tmp_path / "single-seed0"] and not (tmp_path / "single-seed0" / "study.db").exists()
+    assert first["finished_trials"] == 7
+    # Killed during verification, then restarted: the finished search is not searched again for another --minutes.
+    again = multi_fidelity._run("single", 0, args)
+    assert len(searches) == 1 and again["search_seconds"] == first["search_seconds"]
+    # Under other settings the finished search does not stand in.
+    multi_fidelity._run("single", 0, argparse.Namespace(**{**vars(args), "minutes": 10.0}))
+    assert len(searches) == 2
