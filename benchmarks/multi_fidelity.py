@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import RESULTS_DIR, append_record, read_records, write_result
+from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
 from mvit_nas.fidelity import FidelitySpec
 from mvit_nas.latency import calibrate
@@ -141,7 +142,7 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         started = time.monotonic()
         result = run_search(_settings(arm, seed, args), run_dir, options)
         search = {"search_seconds": time.monotonic() - started, "finished_trials": result.outcome.finished}
-        (run_dir / SEARCH_FILE).write_text(json.dumps({**_recorded_settings(args), **search}))
+        write_text(run_dir / SEARCH_FILE, json.dumps({**_recorded_settings(args), **search}))
     study = read_study(run_dir)
     rungs: dict[int, int] = {}
     for entry in rung_entries(study):

@@ -226,7 +226,7 @@ def test_a_front_of_rung_0_and_trained_points_shows_each_in_its_own_unit(naswot_
             params=template.params,
             distributions=template.distributions,
             user_attrs={**template.user_attrs, "config_key": "crafted-fastest"},
-            system_attrs=template.system_attrs,
+            constraints=template.constraints,
         )
     )
     crafted = study.trials[-1].number
