@@ -15,7 +15,8 @@ and every budget-fitted seed for the verification budget (10x the proxy's images
 hypervolume of its *verified* points (accuracy, judged latency) up to (0, budget),
 next to the verified fitted seeds' hypervolume and the verification's verdicts.
 The latencies of that score are taken anew at the end, every verified model of
-every run timed together against one calibration (each run judged against its own
+every run timed together against one calibration, from the configs the run records
+keep (a run's folder, in a temporary directory, need not outlive the machine) (each run judged against its own
 start's calibration, and two of those differed by 30%); the hypervolumes with each
 run's own latencies are kept beside them.
 
@@ -53,9 +54,9 @@ from mvit_nas.fidelity import FidelitySpec
 from mvit_nas.latency import calibrate
 from mvit_nas.pipeline import run_search
 from mvit_nas.recheck import measure_together
-from mvit_nas.report import fitted_seed_trials, hypervolume, rung_entries
+from mvit_nas.report import hypervolume, rung_entries
 from mvit_nas.report.verification import VerifiedModel
-from mvit_nas.run import TrialRecord, load_settings, read_study
+from mvit_nas.run import TrialRecord, config_key, read_study
 from mvit_nas.settings import RunOptions, SearchSettings
 from mvit_nas.verify import verify_run
 
@@ -103,7 +104,7 @@ def _searched(run_dir: Path, args: argparse.Namespace) -> dict[str, Any] | None:
     return {"search_seconds": record["search_seconds"], "finished_trials": record["finished_trials"]}
 
 
-def _point(model: VerifiedModel, rung: int) -> dict[str, Any]:
+def _point(model: VerifiedModel, rung: int, config: dict[str, Any]) -> dict[str, Any]:
     return {
         "trial": model.trial,
         "latency_ms": model.latency_ms,
@@ -111,6 +112,7 @@ def _point(model: VerifiedModel, rung: int) -> dict[str, Any]:
         "rung": rung,
         "verified": model.accuracy,
         "verified_each": list(model.accuracies),
+        "config": config,  # so that the run's points can be timed again once its folder is gone
     }
 
 
@@ -122,10 +124,17 @@ def _score(run_dir: Path, budget_ms: float, verify_seeds: int, workers: int) -> 
     reference = (0.0, budget_ms)
     study = read_study(run_dir)
     tops = {entry.trial: entry.top for entry in rung_entries(study)}
+    trials = study.get_trials(deepcopy=False)
+
+    def config(model: VerifiedModel) -> dict[str, Any]:
+        return TrialRecord.of(trials[model.trial]).config.to_dict()
+
     return {
         "verify_epochs": report.epochs,
-        "front": [_point(m, tops.get(m.trial, 0)) for m in front],
-        "fitted_seeds": [{"seed": m.role, "latency_ms": m.latency_ms, "verified": m.accuracy} for m in seeds],
+        "front": [_point(m, tops.get(m.trial, 0), config(m)) for m in front],
+        "fitted_seeds": [
+            {"seed": m.role, "latency_ms": m.latency_ms, "verified": m.accuracy, "config": config(m)} for m in seeds
+        ],
         "hypervolume_verified_front": hypervolume([(m.accuracy, m.latency_ms) for m in front], reference),
         "hypervolume_verified_seeds": hypervolume([(m.accuracy, m.latency_ms) for m in seeds], reference),
         "verdicts": [{"trial": c.trial, "seed": c.seed, "verdict": c.verdict} for c in report.comparisons],
@@ -161,39 +170,32 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _remeasure(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+def _remeasure(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]] | None:
     """Every verified model of every run timed again in one interleaved measurement, against one calibration.
 
     Each run judged its latencies against its own start's calibration; two runs' calibrations
     differed by 30% here, which moves whole fronts along the latency axis. Timed together,
     the arms' fronts and seeds compare on one footing. Per run (``arm-seedN``): the
-    verified points with their common latency, and the hypervolumes from them.
+    verified points with their common latency, and the hypervolumes from them. The configs
+    come from the run records, so no run folder is needed; None when a record predates
+    them (its points cannot be timed again, and a comparison of only some runs is no headline).
     """
-    models: dict[str, ArchConfig] = {}  # config key -> config
-    points: dict[str, list[tuple[str, str, float]]] = {}  # run -> (kind, config key, verified accuracy)
-    spec = None
-    for run in runs:
-        run_dir = args.workdir / f"{run['arm']}-seed{run['seed']}"
-        study = read_study(run_dir)
-        spec = load_settings(run_dir).latency
-        trials = study.get_trials(deepcopy=False)
-        seed_trials = fitted_seed_trials(study)
-        chosen = [("front", trials[p["trial"]], p["verified"]) for p in run["front"]]
-        chosen += [("seed", seed_trials[f["seed"]], f["verified"]) for f in run["fitted_seeds"]]
-        for kind, trial, verified in chosen:
-            record = TrialRecord.of(trial)
-            models[record.config_key] = record.config
-            points.setdefault(f"{run['arm']}-seed{run['seed']}", []).append((kind, record.config_key, verified))
-    if spec is None:
-        return {}
-    keys = list(models)
-    latencies = dict(zip(keys, measure_together([models[k] for k in keys], spec, calibrate(spec)), strict=True))
+    points = [p for run in runs for p in run["front"] + run["fitted_seeds"]]
+    if not points or any("config" not in p for p in points):
+        return None
+    models = {config_key(c): c for c in (ArchConfig.from_dict(p["config"]) for p in points)}
+    spec = _settings("single", 0, args).latency  # every arm and seed times under the same spec
+    latencies = dict(zip(models, measure_together(list(models.values()), spec, calibrate(spec)), strict=True))
+
+    def timed(point: dict[str, Any]) -> tuple[float, float]:
+        return point["verified"], latencies[config_key(ArchConfig.from_dict(point["config"]))].judged_ms
+
     reference = (0.0, args.budget_ms)
     result = {}
-    for name, chosen in points.items():
-        front = [(verified, latencies[key].judged_ms) for kind, key, verified in chosen if kind == "front"]
-        seeds = [(verified, latencies[key].judged_ms) for kind, key, verified in chosen if kind == "seed"]
-        result[name] = {
+    for run in runs:
+        front = [timed(p) for p in run["front"]]
+        seeds = [timed(p) for p in run["fitted_seeds"]]
+        result[f"{run['arm']}-seed{run['seed']}"] = {
             "front": [{"verified": a, "latency_ms": ms} for a, ms in front],
             "fitted_seeds": [{"verified": a, "latency_ms": ms} for a, ms in seeds],
             "hypervolume_verified_front": hypervolume(front, reference),
@@ -243,7 +245,9 @@ def _summarise(
         **_recorded_settings(args),
         "arms": {arm: dict(zip(("fidelity", "rung0_proxy"), ARMS[arm], strict=True)) for arm in args.arms},
         "summary": {
-            "latencies": "re-measured together" if together else "as each run judged them",
+            "latencies": "re-measured together"
+            if together
+            else "as each run judged them (a run recorded without its configs cannot be timed again)",
             "mean_hypervolume_verified_front": mean_hv,
             "hypervolume_ratio_over_single": ratios,
             "best_halving_arm": best,

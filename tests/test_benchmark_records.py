@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import multi_fidelity, proxy_fidelity
 from benchmarks._common import append_record, read_records
-from mvit_nas.config import preset
+from mvit_nas.config import ArchConfig, preset
 from mvit_nas.proxy import ProxySpec
 
 
@@ -107,3 +107,37 @@ def test_multi_fidelity_searches_a_run_once_and_a_cut_search_again_from_scratch(
     # Under other settings the finished search does not stand in.
     multi_fidelity._run("single", 0, argparse.Namespace(**{**vars(args), "minutes": 10.0}))
     assert len(searches) == 2
+
+
+def test_multi_fidelity_times_runs_again_from_their_records_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = argparse.Namespace(workdir=tmp_path / "gone", budget_ms=5.0, dataset="synthetic", proxy_images=3_200)
+    xxs, xs = preset("xxs"), preset("xs")
+    timed: list[list[ArchConfig]] = []
+
+    def measure_together(configs: list[ArchConfig], spec: object, calibration: object) -> list[SimpleNamespace]:
+        timed.append(configs)
+        return [SimpleNamespace(judged_ms=1.0 if c == xxs else 4.0) for c in configs]
+
+    monkeypatch.setattr(multi_fidelity, "measure_together", measure_together)
+    monkeypatch.setattr(multi_fidelity, "calibrate", lambda spec: None)
+    runs = [
+        {
+            "arm": "single",
+            "seed": 0,
+            "front": [{"verified": 0.6, "latency_ms": 9.0, "config": xxs.to_dict()}],
+            "fitted_seeds": [{"verified": 0.7, "latency_ms": 9.0, "config": xs.to_dict()}],
+        },
+        {"arm": "halving-naswot", "seed": 0, "front": [{"verified": 0.5, "config": xs.to_dict()}], "fitted_seeds": []},
+    ]
+    together = multi_fidelity._remeasure(runs, args)
+    assert timed == [[xxs, xs]]  # each architecture once, though two runs verified xs, and no run folder read
+    assert together is not None
+    assert together["single-seed0"]["front"] == [{"verified": 0.6, "latency_ms": 1.0}]
+    assert together["single-seed0"]["hypervolume_verified_front"] == pytest.approx(0.6 * (5.0 - 1.0))
+    assert together["halving-naswot-seed0"]["hypervolume_verified_front"] == pytest.approx(0.5 * (5.0 - 4.0))
+    # A record from before configs were kept cannot be timed again: no headline from only some runs.
+    del runs[1]["front"][0]["config"]
+    assert multi_fidelity._remeasure(runs, args) is None
+    assert len(timed) == 1
