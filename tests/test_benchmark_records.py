@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import multi_fidelity, proxy_fidelity
+from benchmarks import multi_fidelity, proxy_fidelity, proxy_fidelity_real
 from benchmarks._common import append_record, read_records
 from mvit_nas.config import ArchConfig, preset
 from mvit_nas.proxy import ProxySpec
@@ -141,3 +141,28 @@ def test_multi_fidelity_times_runs_again_from_their_records_alone(
     del runs[1]["front"][0]["config"]
     assert multi_fidelity._remeasure(runs, args) is None
     assert len(timed) == 1
+
+
+def test_proxy_fidelity_real_truth_is_the_finished_seeds_and_its_ceiling_two_independent_halves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(proxy_fidelity_real, "JOBS_FILE", tmp_path / "jobs.jsonl")
+    archs = {f"a{i}": {"config": preset("xxs").to_dict(), "latency_ms": float(i)} for i in range(5)}
+    # Seeds 0 and 1 agree exactly; seeds 2 and 3 order the architectures the other way round.
+    scores = {0: [1, 2, 3, 4, 5], 1: [1, 2, 3, 4, 5], 2: [5, 4, 3, 2, 1], 3: [5, 4, 3, 2, 1]}
+    for seed, values in scores.items():
+        for index, score in enumerate(values):
+            if (seed, index) != (3, 4):  # the last seed is unfinished for one architecture
+                append_record(
+                    proxy_fidelity_real.JOBS_FILE, {"arch": f"a{index}", "what": f"truth_s{seed}", "score": score}
+                )
+    text = {"truth": {"factor": 10.0}}
+    partial = proxy_fidelity_real.summarise(archs, [None] * 100, text)
+    assert partial["summary"]["truth_seeds"] == 3  # seed 3 does not count until every architecture has it
+    assert partial["summary"]["ceiling_tau"] == 1.0  # halves of one seed each: seed 0 against seed 1
+    append_record(proxy_fidelity_real.JOBS_FILE, {"arch": "a4", "what": "truth_s3", "score": 1})
+    done = proxy_fidelity_real.summarise(archs, [None] * 100, text)
+    assert done["summary"]["truth_seeds"] == 4
+    assert done["summary"]["ceiling_tau"] == -1.0  # the mean of seeds 0-1 against the mean of seeds 2-3
+    by_budget = done["ceiling_by_budget"]
+    assert by_budget["10x, one seed"]["tau"] == 1.0 and by_budget["10x, mean of 2 seeds"] == done["ceiling"]

@@ -11,19 +11,21 @@ import json
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import PREDICTOR_SPACE
 
 from mvit_nas.config import preset
 from mvit_nas.cost import count_cost
-from mvit_nas.latency import LatencySpec
+from mvit_nas.latency import REFERENCES, Calibration, LatencySpec
 from mvit_nas.predictor import (
     KINDS,
     LatencyTable,
     block_from_dict,
     block_module,
     block_to_dict,
+    build,
     build_table,
     calibration_configs,
     decompose,
@@ -96,6 +98,23 @@ def test_table_holds_what_was_measured(table: LatencyTable, space: SearchSpace) 
     assert len(table.calibration) == 3
     assert all(space.contains(cfg) for cfg in calibration_configs(table))
     assert table.machine["cpu_count"] >= 1 and table.build_seconds > 0
+
+
+def test_the_correction_is_fitted_to_latencies_judged_as_a_search_judges_them(
+    space: SearchSpace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    judged_against: list[dict[str, float]] = []
+
+    def measure_judged(module: object, spec: LatencySpec, calibration: Calibration) -> SimpleNamespace:
+        judged_against.append(calibration.reference_ms)
+        return SimpleNamespace(judged_ms=float(len(judged_against)))  # 1, 2, 3 ms: nothing a raw timing gives
+
+    monkeypatch.setattr(build, "measure_judged", measure_judged)
+    tiny = {"stem": 1, "mv2": 1, "mobilevit": 1, "head": 1}
+    table = build_table(SPEC, space, blocks=tiny, whole_configs=3, block_timing=SHORT, progress=False)
+    assert [entry["measured_ms"] for entry in table.calibration] == [1.0, 2.0, 3.0]
+    # One idle calibration for the whole build, recorded with the table.
+    assert set(table.judged_against) == set(REFERENCES) and judged_against == [table.judged_against] * 3
 
 
 def test_save_load_round_trip_is_exact(table: LatencyTable, saved: Path) -> None:

@@ -114,6 +114,8 @@ class LatencyTable:
     correction: dict[str, Any]  # {"form", "log_scale", "exponent", "kind_weights": {kind: w}}
     blocks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # kind -> [{"kind", shape..., "ms"}]
     calibration: list[dict[str, Any]] = field(default_factory=list)  # [{"config", "block_sum_ms", "measured_ms"}]
+    # The reference latencies (ms, by name) the calibration configs were judged against; empty: raw medians (older).
+    judged_against: dict[str, float] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)  # error summaries, for the record
     space: str = ""
     machine: dict[str, Any] = field(default_factory=dict)
