@@ -15,10 +15,10 @@ from helpers import FAST_PROXY, tiny_settings
 from optuna.trial import TrialState
 
 from mvit_nas.cli import main
-from mvit_nas.fidelity import FidelitySpec, RungEntry, promotions, ranked, read_rungs, rung_front
+from mvit_nas.fidelity import FidelitySpec, RungEntry, RungResult, promotions, ranked, read_rungs, rung_front
 from mvit_nas.report import export_run, front, rung_entries, seed_dominance
 from mvit_nas.report.tables import accuracy_scale
-from mvit_nas.run import STUDY_NAME, read_study, storage_url, weights_path
+from mvit_nas.run import STUDY_NAME, is_feasible, read_study, storage_url, weights_path
 from mvit_nas.search import search
 from mvit_nas.settings import SearchSettings
 from mvit_nas.validate import InputError
@@ -246,3 +246,32 @@ def test_a_front_of_rung_0_and_trained_points_shows_each_in_its_own_unit(naswot_
         low, high = (float(ms) for ms in cells["judged 95% interval (ms)"].split(" to "))
         assert low <= float(cells["latency (ms)"]) <= high  # the judged latency inside its own interval
     assert (tmp_path / "out" / "pareto.png").is_file()
+
+
+def test_a_seed_is_shown_at_its_highest_rung_as_the_front_is(naswot_run: Path, tmp_path: Path) -> None:
+    # The front against the seeds compares at the highest rung both reached; the seeds' table must show that score.
+    # The tiny space has no seeds: two fitted seeds are added, as copies of a feasible trial, one promoted to rung 1.
+    run_dir = tmp_path / "run"
+    shutil.copytree(naswot_run, run_dir)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+    template = next(t for t in study.trials if t.state == TrialState.COMPLETE and is_feasible(t))
+    for name in ("xxs@96", "xs@96"):
+        study.add_trial(
+            optuna.trial.create_trial(
+                values=template.values,
+                params=template.params,
+                distributions=template.distributions,
+                user_attrs={**template.user_attrs, "config_key": f"crafted-{name}", "seed": name},
+                constraints=template.constraints,
+            )
+        )
+    promoted = study.trials[-2].number
+    result = RungResult(trial=promoted, rung=1, epochs=1.0, score=0.4321, seconds=1.0)
+    study.set_user_attr(result.key, result.to_dict())
+    export_run(run_dir, out_dir=tmp_path / "out", formats=("yaml",))
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    seeds_part = summary[summary.index("## Front against the seeds") :].split("\n\n")[1]
+    assert "| score | rung |" in seeds_part
+    rows = {line.split("|")[1].strip(): line for line in seeds_part.splitlines()}
+    assert "| 43.21 % | 1 |" in rows["xxs@96"]
+    assert f"| {template.values[0]:.2f} naswot score | 0 |" in rows["xs@96"]

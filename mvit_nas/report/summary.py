@@ -18,9 +18,18 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from mvit_nas.fidelity import RungEntry, read_rungs
 from mvit_nas.latency import LatencyStats
 from mvit_nas.latency.relative import CONFIDENCE
-from mvit_nas.report.front import SEEDS, dropped, fitted_seed_trials, hypervolume, seed_dominance, seed_trials
+from mvit_nas.report.front import (
+    SEEDS,
+    dropped,
+    fitted_seed_trials,
+    hypervolume,
+    rung_entries,
+    seed_dominance,
+    seed_trials,
+)
 from mvit_nas.report.tables import accuracy_scale, front_units, markdown_table, spec_text
 from mvit_nas.report.verification import BEATS, VerifyReport
 from mvit_nas.run import INTERRUPTED, TrialRecord, is_feasible, is_finished
@@ -221,28 +230,44 @@ def _over_budget(trial: FrozenTrial, variants: Sequence[str]) -> str:
     return f"no, over budget at {resolution} px; fitted variant: {', '.join(variants)}"
 
 
-def _seed_row(name: str, trial: FrozenTrial | None, variants: Sequence[str], scale: float, unit: str) -> dict[str, Any]:
+def _seed_row(
+    name: str,
+    trial: FrozenTrial | None,
+    variants: Sequence[str],
+    settings: SearchSettings,
+    entries: Mapping[int, RungEntry] | None,
+) -> dict[str, Any]:
+    """A seed's row; with successive halving's ``entries``, its score at its highest rung, as the front's points."""
     if trial is None:
         return {"seed": name, "trial": "—", "state": "not run"}
     failure = TrialRecord.of(trial).failure
     done = trial.state == TrialState.COMPLETE
     feasible = done and is_feasible(trial)
-    accuracy = _fmt(trial.values[0] * scale, 2) if feasible else ("not trained" if done else "—")
-    return {
+    row = {
         "seed": name,
         "trial": trial.number,
         "state": trial.state.name + (f" ({failure})" if failure else ""),
         "feasible": ("yes" if feasible else _over_budget(trial, variants)) if done else "—",
-        f"accuracy ({unit})": accuracy,
-        "latency (ms)": _fmt(trial.values[1], 3) if done else "—",
     }
+    missing = "not trained" if done else "—"
+    entry = entries.get(trial.number) if entries is not None else None
+    rung = entry.top if entry else 0
+    scale, unit = accuracy_scale(settings, rung)
+    value = (entry.scores[rung] if entry else trial.values[0]) if feasible else math.nan
+    if entries is None:
+        row[f"accuracy ({unit})"] = _fmt(value * scale, 2) if feasible else missing
+    else:
+        row["score"] = f"{_fmt(value * scale, 2)} {unit}" if feasible else missing
+        row["rung"] = str(rung) if feasible else "—"  # text: a "not run" row, empty, would make it float
+    return {**row, "latency (ms)": _fmt(trial.values[1], 3) if done else "—"}
 
 
-def _seeds_table(study: optuna.Study, scale: float, unit: str) -> pd.DataFrame:
+def _seeds_table(study: optuna.Study, settings: SearchSettings) -> pd.DataFrame:
     """One row per 256 px seed, then one per budget-fitted variant of it (``xxs@160``): the evaluated trial,
     else the latest attempt (failed, waiting or running), else "not run"."""
     trials = study.get_trials(deepcopy=False)
     evaluated = {**seed_trials(study), **fitted_seed_trials(study)}
+    entries = {entry.trial: entry for entry in rung_entries(study)} if read_rungs(study.user_attrs) else None
     tagged: dict[str, list[FrozenTrial]] = {}
     for trial in sorted(trials, key=lambda t: t.number):
         name = TrialRecord.of(trial).seed
@@ -253,7 +278,7 @@ def _seeds_table(study: optuna.Study, scale: float, unit: str) -> pd.DataFrame:
         variants = [name for name in tagged if name != preset and preset_of(name) == preset]
         for name in (preset, *variants):
             attempt = evaluated.get(name) or (tagged[name][-1] if name in tagged else None)
-            rows.append(_seed_row(name, attempt, variants, scale, unit))
+            rows.append(_seed_row(name, attempt, variants, settings, entries))
     return pd.DataFrame(rows)
 
 
@@ -324,13 +349,12 @@ def summary_markdown(
     ``weights`` where each exported model's weights came from, and ``verification``
     the run's verification report (``verify.json``), if it has one.
     """
-    scale, unit = accuracy_scale(settings)
     lines = [f"# mvit-nas run `{run_name}`", ""]
     lines += _settings_section(study, settings)
     lines += _trials_section(study)
     lines += _rungs_section(table, settings)
     lines += _front_section(study, settings, front_trials, table, files, weights)
-    lines += ["## Front against the seeds", "", markdown_table(_seeds_table(study, scale, unit)), ""]
+    lines += ["## Front against the seeds", "", markdown_table(_seeds_table(study, settings)), ""]
     lines += _seeds_comparison(study, front_trials, settings)
     if verification is not None:
         lines += ["", *verify_section(verification)]
