@@ -51,12 +51,12 @@ from benchmarks._common import RESULTS_DIR, append_record, read_records, write_r
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
 from mvit_nas.fidelity import FidelitySpec
-from mvit_nas.latency import calibrate
+from mvit_nas.latency import Calibration, calibrate
 from mvit_nas.pipeline import run_search
 from mvit_nas.recheck import measure_together
 from mvit_nas.report import hypervolume, rung_entries
 from mvit_nas.report.verification import VerifiedModel
-from mvit_nas.run import TrialRecord, config_key, read_study
+from mvit_nas.run import CALIBRATIONS_ATTR, TrialRecord, config_key, read_study
 from mvit_nas.settings import RunOptions, SearchSettings
 from mvit_nas.verify import verify_run
 
@@ -157,6 +157,9 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for entry in rung_entries(study):
         for rung in entry.scores:
             rungs[rung] = rungs.get(rung, 0) + 1
+    # What the run judged its latencies against: a slower machine makes the same budget tighter for its arm.
+    calibrations = [Calibration.from_dict(c) for c in study.user_attrs.get(CALIBRATIONS_ATTR, [])]
+    judged_against = min(calibrations, key=lambda c: c.quickest_ms, default=None)
     started = time.monotonic()
     scored = _score(run_dir, args.budget_ms, args.verify_seeds, args.workers)
     return {
@@ -164,6 +167,8 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "seed": seed,
         **_recorded_settings(args),
         **search,
+        "judged_against_ms": judged_against.reference_ms if judged_against else None,
+        "hardware": judged_against.hardware if judged_against else None,
         "architectures_per_rung": {str(k): v for k, v in sorted(rungs.items())},
         "verify_seconds": time.monotonic() - started,
         **scored,
@@ -254,6 +259,13 @@ def _summarise(
             "mean_hypervolume_verified_front_as_searched": as_searched,
             "hypervolume_ratio_over_single_as_searched": over_single(as_searched),
             "front_beats_fitted_seeds_hypervolume": beats,
+            # Each run's quickest reference (ms): runs far apart searched under budgets in effect unequal.
+            "judged_against_quickest_ms": {
+                f"{r['arm']}-seed{r['seed']}": min(r["judged_against_ms"].values())
+                if r.get("judged_against_ms")
+                else None
+                for r in runs
+            },
         },
         "runs": runs,
         "remeasured_together": remeasured,

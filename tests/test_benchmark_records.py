@@ -92,7 +92,7 @@ def test_multi_fidelity_searches_a_run_once_and_a_cut_search_again_from_scratch(
         return SimpleNamespace(outcome=SimpleNamespace(finished=7))
 
     monkeypatch.setattr(multi_fidelity, "run_search", run_search)
-    monkeypatch.setattr(multi_fidelity, "read_study", lambda run_dir: None)
+    monkeypatch.setattr(multi_fidelity, "read_study", lambda run_dir: SimpleNamespace(user_attrs={}))
     monkeypatch.setattr(multi_fidelity, "rung_entries", lambda study: [])
     monkeypatch.setattr(multi_fidelity, "_score", lambda *a: {"hypervolume_verified_front": 1.0})
     # A search cut short (a folder without the finished-search record) is thrown away and run again.
@@ -166,3 +166,10 @@ def test_proxy_fidelity_real_truth_is_the_finished_seeds_and_its_ceiling_two_ind
     assert done["summary"]["ceiling_tau"] == -1.0  # the mean of seeds 0-1 against the mean of seeds 2-3
     by_budget = done["ceiling_by_budget"]
     assert by_budget["10x, one seed"]["tau"] == 1.0 and by_budget["10x, mean of 2 seeds"] == done["ceiling"]
+    # Every halving is kept: pairing each seed with one of the other order cancels the order out (tau undefined).
+    assert done["ceiling_every_split"] == {
+        "truth_s0+truth_s1 vs truth_s2+truth_s3": -1.0,
+        "truth_s0+truth_s2 vs truth_s1+truth_s3": None,
+        "truth_s0+truth_s3 vs truth_s1+truth_s2": None,
+    }
+    assert done["trained_on"]["truth_s3"] == {"unrecorded": 5}
