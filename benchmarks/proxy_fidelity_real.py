@@ -11,7 +11,8 @@ proxy's input size (``--truth-scale`` x the architecture's resolution), top-1 on
 the held-out validation split (5,000 train images; the test batch is never
 used), with four independent seeds (:data:`TRUTH_SEEDS`), the truth their mean.
 Its **ceiling** is Kendall's tau between two independent halves of them (the mean
-of seeds 0 and 1 against that of 2 and 3): a truth below 0.7 ranks nothing. One
+of seeds 0 and 1 against that of 2 and 3; every other halving is kept beside it,
+``ceiling_every_split``): a truth below 0.7 ranks nothing. One
 seed against another is kept beside it (``ceiling_by_budget``); while later seeds
 run, the truth is the mean of the seeds finished for every architecture.
 
@@ -33,7 +34,8 @@ Slow on 2 cores, so it runs in the background and keeps every finished job in
 ``results/benchmarks/proxy_fidelity_real/jobs.jsonl`` (one line per job, fsynced):
 a stopped run started again continues where it left off, and the summary
 (``proxy_fidelity_real.json``) is rewritten after every job, marked partial
-until every job is done. On a GPU pass ``--device cuda``.
+until every job is done. On a GPU pass ``--device cuda``; each job records its device
+(``trained_on`` counts them).
 
 Run::
 
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import random
@@ -185,7 +188,7 @@ def _init_worker(dataset: str, cache_dir: str) -> None:
 def _run(job: Job) -> dict[str, Any]:
     spec = ProxySpec.from_dict(job.spec)
     started = time.perf_counter()
-    record: dict[str, Any] = {"arch": job.arch, "what": job.what, "data": job.data}
+    record: dict[str, Any] = {"arch": job.arch, "what": job.what, "data": job.data, "device": spec.device}
     try:
         result = evaluate_proxy(ArchConfig.from_dict(job.config), spec, _DATA[job.data])
     except TrialFailed as error:
@@ -204,6 +207,16 @@ def read_jobs() -> dict[str, dict[str, Any]]:
 
 
 # --- the summary ---------------------------------------------------------------------------
+
+
+def _devices(done: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many jobs of each kind ran on each device (records from before the device was recorded: unrecorded)."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in done.values():
+        device = counts.setdefault(record["what"], {})
+        name = record.get("device", "unrecorded")
+        device[name] = device.get(name, 0) + 1
+    return counts
 
 
 def _spearman(table: pd.DataFrame, target: str, column: str) -> float | None:
@@ -253,6 +266,13 @@ def summarise(archs: dict[str, dict[str, Any]], jobs: list[Job], settings_text: 
     baselines = ["params", "flops"]
     taus = kendall(table, "truth", [*proxies, *two_seeds, *transfer, *baselines])
     ceiling = kendall(table, "truth_half_a", ["truth_half_b"])["truth_half_b"]  # a truth of half the seeds
+    # Every way to halve the seeds, beside the declared one, which may also split them by the machine that trained them.
+    splits = {}
+    for part in itertools.combinations(complete[1:], half - 1) if half > 1 else ():
+        a = [complete[0], *part]
+        b = [c for c in complete if c not in a]
+        halves = pd.DataFrame({"a": table[a].mean(axis=1, skipna=False), "b": table[b].mean(axis=1, skipna=False)})
+        splits[f"{'+'.join(a)} vs {'+'.join(b)}"] = kendall(halves, "a", ["b"])["b"]["tau"]
     one_seed = kendall(table, truths[0], [truths[1]])[truths[1]]
     # How the seed-to-seed agreement grows with the training budget: each short training against its second seed.
     by_budget = {f"{factor:g}x": kendall(table, _short(factor), [_short(factor, 1)])[_short(factor, 1)]
@@ -297,6 +317,8 @@ def summarise(archs: dict[str, dict[str, Any]], jobs: list[Job], settings_text: 
         },
         "kendall_tau": taus,
         "ceiling": ceiling,
+        "ceiling_every_split": splits,
+        "trained_on": _devices(done),
         "ceiling_by_budget": by_budget,
         **settings_text,
         "rows": json.loads(table.reset_index().to_json(orient="records")),
