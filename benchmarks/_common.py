@@ -36,7 +36,8 @@ def git_commit() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "mvit_nas"))}
+    dirty = git("status", "--porcelain", "--", "mvit_nas", "benchmarks")  # the code measured, and the measuring
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(dirty)}
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

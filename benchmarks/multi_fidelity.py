@@ -16,9 +16,10 @@ hypervolume of its *verified* points (accuracy, judged latency) up to (0, budget
 next to the verified fitted seeds' hypervolume and the verification's verdicts.
 The latencies of that score are taken anew at the end, every verified model of
 every run timed together against one calibration, from the configs the run records
-keep (a run's folder, in a temporary directory, need not outlive the machine) (each run judged against its own
-start's calibration, and two of those differed by 30%); the hypervolumes with each
-run's own latencies are kept beside them.
+keep, so a run's folder (in a temporary directory) need not outlive the machine.
+Each run judged its trials against the quietest of its own calibrations, and two
+runs' calibrations differed by 30%; the hypervolumes with each run's own latencies
+are kept beside the re-timed ones.
 
 Goal (issue 14): halving's mean verified hypervolume >= 1.1 x single's.
 
@@ -157,9 +158,12 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for entry in rung_entries(study):
         for rung in entry.scores:
             rungs[rung] = rungs.get(rung, 0) + 1
-    # What the run judged its latencies against: a slower machine makes the same budget tighter for its arm.
+    # What the run judged its latencies against (the quietest calibration of its last start's hardware and spec,
+    # as `quietest` picks it): a slower machine makes the same budget tighter for its arm.
     calibrations = [Calibration.from_dict(c) for c in study.user_attrs.get(CALIBRATIONS_ATTR, [])]
-    judged_against = min(calibrations, key=lambda c: c.quickest_ms, default=None)
+    last = calibrations[-1] if calibrations else None
+    same = [c for c in calibrations if last and (c.spec, c.hardware) == (last.spec, last.hardware)]
+    judged_against = min(same, key=lambda c: c.quickest_ms, default=None)
     started = time.monotonic()
     scored = _score(run_dir, args.budget_ms, args.verify_seeds, args.workers)
     return {

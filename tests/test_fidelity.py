@@ -249,7 +249,7 @@ def test_a_front_of_rung_0_and_trained_points_shows_each_in_its_own_unit(naswot_
 
 
 def test_a_seed_is_shown_at_its_highest_rung_as_the_front_is(naswot_run: Path, tmp_path: Path) -> None:
-    # The front against the seeds compares at the highest rung both reached; the seeds' table must show that score.
+    # The front is shown at each point's highest rung; the seeds' table shows each seed the same way, in its unit.
     # The tiny space has no seeds: two fitted seeds are added, as copies of a feasible trial, one promoted to rung 1.
     run_dir = tmp_path / "run"
     shutil.copytree(naswot_run, run_dir)
