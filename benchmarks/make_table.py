@@ -172,10 +172,13 @@ def _proxy_fidelity_real(p: dict[str, Any]) -> str:
     ceiling = tau_text(s["ceiling_tau"])
     partial = f"PARTIAL ({p['jobs_done']}/{p['jobs_total']} jobs): " if p.get("partial") else ""
     growth = ", ".join(f"{budget} {tau_text(pair['tau'])}" for budget, pair in p.get("ceiling_by_budget", {}).items())
+    splits = ", ".join(tau_text(value) for value in p.get("ceiling_every_split", {}).values())
     return (
-        f"{partial}truth ceiling (seed vs seed) tau {ceiling} over {s['ceiling_n']} archs"
+        f"{partial}truth ceiling (half the seeds vs the other half) tau {ceiling} over {s['ceiling_n']} archs"
+        f"{f' (every halving: {splits})' if splits else ''}"
         f"{f' (seed vs seed by budget: {growth})' if growth else ''}; default proxy "
-        f"{tau('train_1x')}, sotl {tau('sotl_1x')}, fixed 64 px {tau('fixed64_1x')}, synflow {tau('synflow')}, "
+        f"{tau('train_1x')} (second seed {tau('train_1x_s1')}), 2x images {tau('train_2x')}, sotl {tau('sotl_1x')}, "
+        f"fixed 64 px {tau('fixed64_1x')}, synflow {tau('synflow')}, "
         f"naswot {tau('naswot')}, params {tau('params')}, FLOPs {tau('flops')}, ensemble {tau('ensemble')}, "
         f"mean of two seeds of the default proxy {tau('train_1x_mean2')}; "
         f"generated-data default proxy {tau('synthetic_train')}"
