@@ -235,6 +235,13 @@ def _summarise(
 
     as_searched = mean_hypervolume(None)
     together = mean_hypervolume(remeasured) if remeasured else None
+    partial = len(runs) < planned
+    if together:
+        latencies = "re-measured together"
+    elif partial:
+        latencies = "as each run judged them (all are re-measured together once every run is done)"
+    else:
+        latencies = "as each run judged them (a run recorded without its configs cannot be timed again)"
     mean_hv = together or as_searched
     ratios = over_single(mean_hv)
     best = max((arm for arm in ratios if ratios[arm] is not None), key=lambda arm: ratios[arm], default=None)
@@ -244,7 +251,6 @@ def _summarise(
         return scored["hypervolume_verified_front"] > scored["hypervolume_verified_seeds"]
 
     beats = {arm: [beats_seeds(r) for r in rs] for arm, rs in by_arm.items()}
-    partial = len(runs) < planned
     return {
         "goal": f"halving's mean verified hypervolume >= {GOAL_RATIO} x single's, at equal wall time",
         "passed": (not partial) and best is not None and ratios[best] >= GOAL_RATIO,
@@ -254,9 +260,7 @@ def _summarise(
         **_recorded_settings(args),
         "arms": {arm: dict(zip(("fidelity", "rung0_proxy"), ARMS[arm], strict=True)) for arm in args.arms},
         "summary": {
-            "latencies": "re-measured together"
-            if together
-            else "as each run judged them (a run recorded without its configs cannot be timed again)",
+            "latencies": latencies,
             "mean_hypervolume_verified_front": mean_hv,
             "hypervolume_ratio_over_single": ratios,
             "best_halving_arm": best,
