@@ -212,6 +212,16 @@ def test_a_file_that_is_not_a_table_is_bad_input(tmp_path: Path, text: str) -> N
     assert caught.value.field == "--latency"
 
 
+def test_a_table_fitted_to_raw_medians_must_be_rebuilt(saved: Path, tmp_path: Path) -> None:
+    # Format 1 fitted its correction to raw medians, which judged latencies exceed by about 5%: it would predict low.
+    data = json.loads(saved.read_text())
+    data["format"] = 1
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match="rebuild"):
+        LatencyTable.load(path)
+
+
 def test_a_table_with_missing_fields_is_bad_input(saved: Path, tmp_path: Path) -> None:
     data = json.loads(saved.read_text())
     del data["coefficients"]
