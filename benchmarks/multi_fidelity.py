@@ -52,7 +52,7 @@ from benchmarks._common import RESULTS_DIR, append_record, read_records, write_r
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
 from mvit_nas.fidelity import FidelitySpec
-from mvit_nas.latency import Calibration, calibrate
+from mvit_nas.latency import Calibration, calibrate, quietest
 from mvit_nas.pipeline import run_search
 from mvit_nas.recheck import measure_together
 from mvit_nas.report import hypervolume, rung_entries
@@ -158,12 +158,11 @@ def _run(arm: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     for entry in rung_entries(study):
         for rung in entry.scores:
             rungs[rung] = rungs.get(rung, 0) + 1
-    # What the run judged its latencies against (the quietest calibration of its last start's hardware and spec,
-    # as `quietest` picks it): a slower machine makes the same budget tighter for its arm.
+    # What the run judged its latencies against, on its last start's hardware: a slower machine makes the same
+    # budget tighter for its arm.
     calibrations = [Calibration.from_dict(c) for c in study.user_attrs.get(CALIBRATIONS_ATTR, [])]
     last = calibrations[-1] if calibrations else None
-    same = [c for c in calibrations if last and (c.spec, c.hardware) == (last.spec, last.hardware)]
-    judged_against = min(same, key=lambda c: c.quickest_ms, default=None)
+    judged_against = quietest(calibrations, last.spec, last.hardware) if last else None
     started = time.monotonic()
     scored = _score(run_dir, args.budget_ms, args.verify_seeds, args.workers)
     return {

@@ -54,6 +54,7 @@ import multiprocessing
 import random
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -211,12 +212,10 @@ def read_jobs() -> dict[str, dict[str, Any]]:
 
 def _devices(done: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
     """How many jobs of each kind ran on each device (records from before the device was recorded: unrecorded)."""
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, Counter[str]] = {}
     for record in done.values():
-        device = counts.setdefault(record["what"], {})
-        name = record.get("device", "unrecorded")
-        device[name] = device.get(name, 0) + 1
-    return counts
+        counts.setdefault(record["what"], Counter())[record.get("device", "unrecorded")] += 1
+    return {what: dict(devices) for what, devices in counts.items()}
 
 
 def _spearman(table: pd.DataFrame, target: str, column: str) -> float | None:
@@ -303,9 +302,9 @@ def summarise(archs: dict[str, dict[str, Any]], jobs: list[Job], settings_text: 
         and all(default_tau > tau for tau in baseline_taus)
     )
     return {
-        "goal": f"ceiling (tau between two halves of the truth's seeds) >= {GOAL_CEILING}; the default proxy's tau "
-        "against the "
-        f"truth >= {GOAL_TAU} and >= {GOAL_SHARE} x the ceiling, above params and FLOPs",
+        "goal": f"ceiling (tau between two halves of the truth's seeds) >= {GOAL_CEILING}; "
+        f"the default proxy's tau against the truth >= {GOAL_TAU} and >= {GOAL_SHARE} x the ceiling, "
+        "above params and FLOPs",
         "passed": passed,
         "partial": not finished,
         "jobs_done": len(done),
@@ -362,9 +361,8 @@ def main() -> None:
         "split": "trained on CIFAR-10 train less a seeded, class-balanced 10%; scored on that 10%",
         "threads_per_worker": ProxySpec.threads,
     }
-    if not args.summarise:  # this invocation's; each job's own device is counted in `trained_on`
-        recipe.update(device=args.device, workers=args.workers)
     if not args.summarise:
+        recipe.update(device=args.device, workers=args.workers)  # this invocation's; `trained_on` counts each job's
         todo = [job for job in jobs if job.key not in read_jobs()]
         print(f"{len(jobs) - len(todo)}/{len(jobs)} jobs done; {len(todo)} to run", flush=True)
         with tempfile.TemporaryDirectory(prefix="proxy-fidelity-real-") as cache_dir:
