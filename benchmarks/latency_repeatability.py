@@ -18,7 +18,8 @@ preset, idle and busy, and the busy median within 10% of the idle one.
 
 Run: ``python -m benchmarks.latency_repeatability`` (~11 min on 2 cores) or
 ``--quick`` (2 runs, xxs only, 1 thread); ``--min-seconds 3 --threads 1 --name
-latency_repeatability_3s`` asks how much longer measurements would buy. Writes
+latency_repeatability_3s`` asks how much longer measurements would buy, ``--sessions 1
+--name latency_repeatability_1session`` what rotating through sessions buys. Writes
 ``results/benchmarks/latency_repeatability.json`` (or ``NAME.json``).
 """
 
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import write_result
-from mvit_nas.latency import LatencySpec
+from mvit_nas.latency import SESSIONS, LatencySpec
 from mvit_nas.settings import SEARCH_THREADS
 
 GOAL_SPREAD, GOAL_BUSY = 0.05, 0.10
@@ -49,17 +50,20 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _child(what: str, threads: int, calibration_file: str, min_seconds: float, variant: str = "") -> dict[str, Any]:
+def _child(
+    what: str, threads: int, calibration_file: str, min_seconds: float, sessions: int, variant: str = ""
+) -> dict[str, Any]:
     """Run this module's ``--child`` mode in a fresh interpreter; its one JSON line."""
     command = [sys.executable, "-m", "benchmarks.latency_repeatability", "--child", what, "--threads", str(threads)]
     command += ["--calibration", calibration_file, "--variant", variant, "--min-seconds", str(min_seconds)]
+    command += ["--sessions", str(sessions)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def child_main(what: str, threads: int, calibration_file: str, variant: str, min_seconds: float) -> None:
+def child_main(what: str, threads: int, calibration_file: str, variant: str, min_seconds: float, sessions: int) -> None:
     """In the child: calibrate (write the file) or measure one preset against the file's calibration."""
     from mvit_nas.config import preset
     from mvit_nas.latency import Calibration, calibrate, measure_judged, resolve_spec
@@ -72,7 +76,7 @@ def child_main(what: str, threads: int, calibration_file: str, variant: str, min
         print(json.dumps({"reference_ms": calibration.reference_ms}))
         return
     calibration = Calibration.from_dict(json.loads(Path(calibration_file).read_text()))
-    stats = measure_judged(build_model(preset(variant)), spec, calibration)
+    stats = measure_judged(build_model(preset(variant)), spec, calibration, sessions=sessions)
     low, high = stats.judged_interval_ms
     print(json.dumps({"judged_ms": stats.judged_ms, "low_ms": low, "high_ms": high, "median_ms": stats.median_ms}))
 
@@ -101,13 +105,19 @@ def main() -> None:
         default=DEFAULT_MIN_SECONDS,
         help=f"seconds each measurement lasts (default {DEFAULT_MIN_SECONDS:g}, the search's)",
     )
+    parser.add_argument(
+        "--sessions",
+        type=int,
+        default=SESSIONS,
+        help=f"sessions of each model a measurement rotates through (default {SESSIONS}, the search's)",
+    )
     parser.add_argument("--name", default="latency_repeatability", help="result file name, for a variant")
     parser.add_argument("--child", choices=("calibrate", "measure"), help=argparse.SUPPRESS)
     parser.add_argument("--calibration", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child_main(args.child, int(args.threads), args.calibration, args.variant, args.min_seconds)
+        child_main(args.child, int(args.threads), args.calibration, args.variant, args.min_seconds, args.sessions)
         return
     runs = args.runs or (2 if args.quick else 5)
     variants = ["xxs"] if args.quick else ["xxs", "xs", "s"]
@@ -117,7 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latency-repeatability-") as scratch:
         for threads in thread_counts:
             calibration_file = str(Path(scratch) / f"calibration-{threads}.json")
-            reference = _child("calibrate", threads, calibration_file, args.min_seconds)["reference_ms"]
+            reference = _child("calibrate", threads, calibration_file, args.min_seconds, args.sessions)["reference_ms"]
             _log(f"{threads} thread(s): references calibrated at {reference} ms")
             per_condition: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for condition in ("idle", "busy"):
@@ -126,7 +136,7 @@ def main() -> None:
                     rows: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
                     for run in range(runs):
                         for variant in variants:
-                            row = _child("measure", threads, calibration_file, args.min_seconds, variant)
+                            row = _child("measure", threads, calibration_file, args.min_seconds, args.sessions, variant)
                             rows[variant].append(row)
                             _log(f"{threads}t {condition} run {run + 1}/{runs} {variant}: judged "
                                  f"{row['judged_ms']:.3f} ms, raw {row['median_ms']:.3f} ms")  # fmt: skip
@@ -169,6 +179,7 @@ def main() -> None:
         "backend": BACKEND,
         "runs": runs,
         "min_seconds": args.min_seconds,
+        "sessions": args.sessions,
         "results": results,
         "duration_s": round(time.perf_counter() - started, 1),
         "load_average_1min": {"before": load_start[0], "after": os.getloadavg()[0]},

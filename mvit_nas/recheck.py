@@ -32,6 +32,7 @@ from mvit_nas import run as run_folder
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
 from mvit_nas.latency import (
+    SESSIONS,
     Benchmark,
     Calibration,
     DeviceLock,
@@ -82,7 +83,7 @@ def measure_together(
     benchmarks = []
     for cfg in configs:
         sized = dataclasses.replace(spec, height=cfg.resolution, width=cfg.resolution)
-        benchmarks.append(Benchmark(build_model(cfg), sized, peak_memory=False))
+        benchmarks.append(Benchmark(build_model(cfg), sized, peak_memory=False, sessions=SESSIONS))
     seconds = SECONDS_PER_POINT_FACTOR * spec.min_seconds * len(configs)
     return interleave(benchmarks, ladder(spec, calibration), calibration, seconds, lock)
 
