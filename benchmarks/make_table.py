@@ -157,7 +157,9 @@ def _latency_repeatability(p: dict[str, Any]) -> str:
             f"{threads.replace('_', ' ')}: judged spread up to {100 * judged:.1f}% (raw {100 * raw:.1f}%), "
             f"busy core {100 * busy:.1f}% from idle"
         )
-    return f"{'; '.join(parts)} ({p['backend']}, {p['runs']} processes per preset, idle and busy)"
+    # Results from before sessions were rotated timed one session of each model.
+    how = f"{p['backend']}, {p.get('min_seconds', 1):g} s and {p.get('sessions', 1)} session(s) per model"
+    return f"{'; '.join(parts)} ({how}, {p['runs']} processes per preset, idle and busy)"
 
 
 def _proxy_fidelity_real(p: dict[str, Any]) -> str:
