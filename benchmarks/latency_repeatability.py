@@ -16,10 +16,11 @@ deviation from the idle one. Goal, at the search's thread count
 (:data:`~mvit_nas.settings.SEARCH_THREADS`): judged spread under 5% for every
 preset, idle and busy, and the busy median within 10% of the idle one.
 
-Run: ``python -m benchmarks.latency_repeatability`` (~11 min on 2 cores) or
+Run: ``python -m benchmarks.latency_repeatability`` (~16 min on 2 cores) or
 ``--quick`` (2 runs, xxs only, 1 thread); ``--min-seconds 3 --threads 1 --name
-latency_repeatability_3s`` asks how much longer measurements would buy, ``--sessions 1
---name latency_repeatability_1session`` what rotating through sessions buys. Writes
+latency_repeatability_3s`` asks how much longer measurements would buy, ``--sessions 3,1
+--threads 1 --name latency_repeatability_sessions`` what rotating through sessions buys
+(each process of one design followed by one of the other, so both see the same host). Writes
 ``results/benchmarks/latency_repeatability.json`` (or ``NAME.json``).
 """
 
@@ -94,6 +95,31 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
+def _cells(per_condition: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One preset's summary: per condition the judged and raw figures and their spread; busy against idle."""
+    cells: dict[str, Any] = {}
+    for condition, rows in per_condition.items():
+        judged = [row["judged_ms"] for row in rows]
+        raw = [row["median_ms"] for row in rows]
+        cells[condition] = {
+            "judged_ms": [round(v, 4) for v in judged],
+            "judged_spread": round(_spread(judged), 4),
+            "raw_ms": [round(v, 4) for v in raw],
+            "raw_spread": round(_spread(raw), 4),
+            "intervals_ms": [[round(r["low_ms"], 4), round(r["high_ms"], 4)] for r in rows],
+        }
+    idle = statistics.median(cells["idle"]["judged_ms"])
+    cells["busy_deviation"] = round(statistics.median(cells["busy"]["judged_ms"]) / idle - 1, 4)
+    raw_idle = statistics.median(cells["idle"]["raw_ms"])
+    cells["raw_busy_deviation"] = round(statistics.median(cells["busy"]["raw_ms"]) / raw_idle - 1, 4)
+    cells["passed"] = (
+        cells["idle"]["judged_spread"] < GOAL_SPREAD
+        and cells["busy"]["judged_spread"] < GOAL_SPREAD
+        and abs(cells["busy_deviation"]) <= GOAL_BUSY
+    )
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 runs, xxs only, the search's thread count")
@@ -107,17 +133,18 @@ def main() -> None:
     )
     parser.add_argument(
         "--sessions",
-        type=int,
-        default=SESSIONS,
-        help=f"sessions of each model a measurement rotates through (default {SESSIONS}, the search's)",
+        default=str(SESSIONS),
+        help=f"sessions of each model a measurement rotates through (default {SESSIONS}, the search's); "
+        "comma-separated to compare, measured in alternation, the first judged",
     )
     parser.add_argument("--name", default="latency_repeatability", help="result file name, for a variant")
     parser.add_argument("--child", choices=("calibrate", "measure"), help=argparse.SUPPRESS)
     parser.add_argument("--calibration", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    session_counts = [int(n) for n in args.sessions.split(",")]
     if args.child:
-        child_main(args.child, int(args.threads), args.calibration, args.variant, args.min_seconds, args.sessions)
+        child_main(args.child, int(args.threads), args.calibration, args.variant, args.min_seconds, session_counts[0])
         return
     runs = args.runs or (2 if args.quick else 5)
     variants = ["xxs"] if args.quick else ["xxs", "xs", "s"]
@@ -127,48 +154,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latency-repeatability-") as scratch:
         for threads in thread_counts:
             calibration_file = str(Path(scratch) / f"calibration-{threads}.json")
-            reference = _child("calibrate", threads, calibration_file, args.min_seconds, args.sessions)["reference_ms"]
+            reference = _child("calibrate", threads, calibration_file, args.min_seconds, 1)["reference_ms"]
             _log(f"{threads} thread(s): references calibrated at {reference} ms")
-            per_condition: dict[str, dict[str, list[dict[str, Any]]]] = {}
+            # rows[sessions][variant][condition]: one row per process
+            rows: dict[int, dict[str, dict[str, list[dict[str, Any]]]]] = {
+                n: {variant: {"idle": [], "busy": []} for variant in variants} for n in session_counts
+            }
             for condition in ("idle", "busy"):
                 busy = _busy_loop(threads) if condition == "busy" else None
                 try:
-                    rows: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
                     for run in range(runs):
                         for variant in variants:
-                            row = _child("measure", threads, calibration_file, args.min_seconds, args.sessions, variant)
-                            rows[variant].append(row)
-                            _log(f"{threads}t {condition} run {run + 1}/{runs} {variant}: judged "
-                                 f"{row['judged_ms']:.3f} ms, raw {row['median_ms']:.3f} ms")  # fmt: skip
+                            for n in session_counts:
+                                row = _child("measure", threads, calibration_file, args.min_seconds, n, variant)
+                                rows[n][variant][condition].append(row)
+                                _log(f"{threads}t {condition} run {run + 1}/{runs} {variant} {n} session(s): "
+                                     f"judged {row['judged_ms']:.3f} ms, raw {row['median_ms']:.3f} ms")  # fmt: skip
                 finally:
                     if busy is not None:
                         busy.kill()
                         busy.wait()
-                per_condition[condition] = rows
-            summary = {}
-            for variant in variants:
-                cells: dict[str, Any] = {}
-                for condition, rows in per_condition.items():
-                    judged = [row["judged_ms"] for row in rows[variant]]
-                    raw = [row["median_ms"] for row in rows[variant]]
-                    cells[condition] = {
-                        "judged_ms": [round(v, 4) for v in judged],
-                        "judged_spread": round(_spread(judged), 4),
-                        "raw_ms": [round(v, 4) for v in raw],
-                        "raw_spread": round(_spread(raw), 4),
-                        "intervals_ms": [[round(r["low_ms"], 4), round(r["high_ms"], 4)] for r in rows[variant]],
-                    }
-                idle = statistics.median(cells["idle"]["judged_ms"])
-                cells["busy_deviation"] = round(statistics.median(cells["busy"]["judged_ms"]) / idle - 1, 4)
-                raw_idle = statistics.median(cells["idle"]["raw_ms"])
-                cells["raw_busy_deviation"] = round(statistics.median(cells["busy"]["raw_ms"]) / raw_idle - 1, 4)
-                cells["passed"] = (
-                    cells["idle"]["judged_spread"] < GOAL_SPREAD
-                    and cells["busy"]["judged_spread"] < GOAL_SPREAD
-                    and abs(cells["busy_deviation"]) <= GOAL_BUSY
-                )
-                summary[variant] = cells
-            results[f"{threads}_threads"] = {"reference_ms": reference, "variants": summary}
+            for n in session_counts:
+                key = f"{threads}_threads" + ("" if n == session_counts[0] else f"_{n}_sessions")
+                summary = {variant: _cells(rows[n][variant]) for variant in variants}
+                results[key] = {"reference_ms": reference, "variants": summary}
     judged_at = results.get(f"{SEARCH_THREADS}_threads")
     passed = judged_at is not None and all(cells["passed"] for cells in judged_at["variants"].values())
     payload = {
@@ -179,7 +188,7 @@ def main() -> None:
         "backend": BACKEND,
         "runs": runs,
         "min_seconds": args.min_seconds,
-        "sessions": args.sessions,
+        "sessions": session_counts,
         "results": results,
         "duration_s": round(time.perf_counter() - started, 1),
         "load_average_1min": {"before": load_start[0], "after": os.getloadavg()[0]},

@@ -158,7 +158,9 @@ def _latency_repeatability(p: dict[str, Any]) -> str:
             f"busy core {100 * busy:.1f}% from idle"
         )
     # Results from before sessions were rotated timed one session of each model.
-    how = f"{p['backend']}, {p.get('min_seconds', 1):g} s and {p.get('sessions', 1)} session(s) per model"
+    sessions = p.get("sessions", 1)  # a list when designs were compared: the first is judged
+    sessions = sessions[0] if isinstance(sessions, list) else sessions
+    how = f"{p['backend']}, {p.get('min_seconds', 1):g} s and {sessions} session(s) per model"
     return f"{'; '.join(parts)} ({how}, {p['runs']} processes per preset, idle and busy)"
 
 
