@@ -16,11 +16,9 @@ deviation from the idle one. Goal, at the search's thread count
 (:data:`~mvit_nas.settings.SEARCH_THREADS`): judged spread under 5% for every
 preset, idle and busy, and the busy median within 10% of the idle one.
 
-Run: ``python -m benchmarks.latency_repeatability`` (~16 min on 2 cores) or
+Run: ``python -m benchmarks.latency_repeatability`` (~11 min on 2 cores) or
 ``--quick`` (2 runs, xxs only, 1 thread); ``--min-seconds 3 --threads 1 --name
-latency_repeatability_3s`` asks how much longer measurements would buy, ``--sessions 3,1
---threads 1 --name latency_repeatability_sessions`` what rotating through sessions buys
-(each process of one design followed by one of the other, so both see the same host). Writes
+latency_repeatability_3s`` asks how much longer measurements would buy. Writes
 ``results/benchmarks/latency_repeatability.json`` (or ``NAME.json``).
 """
 
@@ -38,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import write_result
-from mvit_nas.latency import SESSIONS, LatencySpec
+from mvit_nas.latency import LatencySpec
 from mvit_nas.settings import SEARCH_THREADS
 
 GOAL_SPREAD, GOAL_BUSY = 0.05, 0.10
@@ -51,20 +49,17 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _child(
-    what: str, threads: int, calibration_file: str, min_seconds: float, sessions: int, variant: str = ""
-) -> dict[str, Any]:
+def _child(what: str, threads: int, calibration_file: str, min_seconds: float, variant: str = "") -> dict[str, Any]:
     """Run this module's ``--child`` mode in a fresh interpreter; its one JSON line."""
     command = [sys.executable, "-m", "benchmarks.latency_repeatability", "--child", what, "--threads", str(threads)]
     command += ["--calibration", calibration_file, "--variant", variant, "--min-seconds", str(min_seconds)]
-    command += ["--sessions", str(sessions)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr.strip()[-500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def child_main(what: str, threads: int, calibration_file: str, variant: str, min_seconds: float, sessions: int) -> None:
+def child_main(what: str, threads: int, calibration_file: str, variant: str, min_seconds: float) -> None:
     """In the child: calibrate (write the file) or measure one preset against the file's calibration."""
     from mvit_nas.config import preset
     from mvit_nas.latency import Calibration, calibrate, measure_judged, resolve_spec
@@ -77,7 +72,7 @@ def child_main(what: str, threads: int, calibration_file: str, variant: str, min
         print(json.dumps({"reference_ms": calibration.reference_ms}))
         return
     calibration = Calibration.from_dict(json.loads(Path(calibration_file).read_text()))
-    stats = measure_judged(build_model(preset(variant)), spec, calibration, sessions=sessions)
+    stats = measure_judged(build_model(preset(variant)), spec, calibration)
     low, high = stats.judged_interval_ms
     print(json.dumps({"judged_ms": stats.judged_ms, "low_ms": low, "high_ms": high, "median_ms": stats.median_ms}))
 
@@ -95,31 +90,6 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values)
 
 
-def _cells(per_condition: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """One preset's summary: per condition the judged and raw figures and their spread; busy against idle."""
-    cells: dict[str, Any] = {}
-    for condition, rows in per_condition.items():
-        judged = [row["judged_ms"] for row in rows]
-        raw = [row["median_ms"] for row in rows]
-        cells[condition] = {
-            "judged_ms": [round(v, 4) for v in judged],
-            "judged_spread": round(_spread(judged), 4),
-            "raw_ms": [round(v, 4) for v in raw],
-            "raw_spread": round(_spread(raw), 4),
-            "intervals_ms": [[round(r["low_ms"], 4), round(r["high_ms"], 4)] for r in rows],
-        }
-    idle = statistics.median(cells["idle"]["judged_ms"])
-    cells["busy_deviation"] = round(statistics.median(cells["busy"]["judged_ms"]) / idle - 1, 4)
-    raw_idle = statistics.median(cells["idle"]["raw_ms"])
-    cells["raw_busy_deviation"] = round(statistics.median(cells["busy"]["raw_ms"]) / raw_idle - 1, 4)
-    cells["passed"] = (
-        cells["idle"]["judged_spread"] < GOAL_SPREAD
-        and cells["busy"]["judged_spread"] < GOAL_SPREAD
-        and abs(cells["busy_deviation"]) <= GOAL_BUSY
-    )
-    return cells
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 runs, xxs only, the search's thread count")
@@ -131,20 +101,13 @@ def main() -> None:
         default=DEFAULT_MIN_SECONDS,
         help=f"seconds each measurement lasts (default {DEFAULT_MIN_SECONDS:g}, the search's)",
     )
-    parser.add_argument(
-        "--sessions",
-        default=str(SESSIONS),
-        help=f"sessions of each model a measurement rotates through (default {SESSIONS}, the search's); "
-        "comma-separated to compare, measured in alternation, the first judged",
-    )
     parser.add_argument("--name", default="latency_repeatability", help="result file name, for a variant")
     parser.add_argument("--child", choices=("calibrate", "measure"), help=argparse.SUPPRESS)
     parser.add_argument("--calibration", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    session_counts = [int(n) for n in args.sessions.split(",")]
     if args.child:
-        child_main(args.child, int(args.threads), args.calibration, args.variant, args.min_seconds, session_counts[0])
+        child_main(args.child, int(args.threads), args.calibration, args.variant, args.min_seconds)
         return
     runs = args.runs or (2 if args.quick else 5)
     variants = ["xxs"] if args.quick else ["xxs", "xs", "s"]
@@ -154,30 +117,48 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="latency-repeatability-") as scratch:
         for threads in thread_counts:
             calibration_file = str(Path(scratch) / f"calibration-{threads}.json")
-            reference = _child("calibrate", threads, calibration_file, args.min_seconds, 1)["reference_ms"]
+            reference = _child("calibrate", threads, calibration_file, args.min_seconds)["reference_ms"]
             _log(f"{threads} thread(s): references calibrated at {reference} ms")
-            # rows[sessions][variant][condition]: one row per process
-            rows: dict[int, dict[str, dict[str, list[dict[str, Any]]]]] = {
-                n: {variant: {"idle": [], "busy": []} for variant in variants} for n in session_counts
-            }
+            per_condition: dict[str, dict[str, list[dict[str, Any]]]] = {}
             for condition in ("idle", "busy"):
                 busy = _busy_loop(threads) if condition == "busy" else None
                 try:
+                    rows: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
                     for run in range(runs):
                         for variant in variants:
-                            for n in session_counts:
-                                row = _child("measure", threads, calibration_file, args.min_seconds, n, variant)
-                                rows[n][variant][condition].append(row)
-                                _log(f"{threads}t {condition} run {run + 1}/{runs} {variant} {n} session(s): "
-                                     f"judged {row['judged_ms']:.3f} ms, raw {row['median_ms']:.3f} ms")  # fmt: skip
+                            row = _child("measure", threads, calibration_file, args.min_seconds, variant)
+                            rows[variant].append(row)
+                            _log(f"{threads}t {condition} run {run + 1}/{runs} {variant}: judged "
+                                 f"{row['judged_ms']:.3f} ms, raw {row['median_ms']:.3f} ms")  # fmt: skip
                 finally:
                     if busy is not None:
                         busy.kill()
                         busy.wait()
-            for n in session_counts:
-                key = f"{threads}_threads" + ("" if n == session_counts[0] else f"_{n}_sessions")
-                summary = {variant: _cells(rows[n][variant]) for variant in variants}
-                results[key] = {"reference_ms": reference, "variants": summary}
+                per_condition[condition] = rows
+            summary = {}
+            for variant in variants:
+                cells: dict[str, Any] = {}
+                for condition, rows in per_condition.items():
+                    judged = [row["judged_ms"] for row in rows[variant]]
+                    raw = [row["median_ms"] for row in rows[variant]]
+                    cells[condition] = {
+                        "judged_ms": [round(v, 4) for v in judged],
+                        "judged_spread": round(_spread(judged), 4),
+                        "raw_ms": [round(v, 4) for v in raw],
+                        "raw_spread": round(_spread(raw), 4),
+                        "intervals_ms": [[round(r["low_ms"], 4), round(r["high_ms"], 4)] for r in rows[variant]],
+                    }
+                idle = statistics.median(cells["idle"]["judged_ms"])
+                cells["busy_deviation"] = round(statistics.median(cells["busy"]["judged_ms"]) / idle - 1, 4)
+                raw_idle = statistics.median(cells["idle"]["raw_ms"])
+                cells["raw_busy_deviation"] = round(statistics.median(cells["busy"]["raw_ms"]) / raw_idle - 1, 4)
+                cells["passed"] = (
+                    cells["idle"]["judged_spread"] < GOAL_SPREAD
+                    and cells["busy"]["judged_spread"] < GOAL_SPREAD
+                    and abs(cells["busy_deviation"]) <= GOAL_BUSY
+                )
+                summary[variant] = cells
+            results[f"{threads}_threads"] = {"reference_ms": reference, "variants": summary}
     judged_at = results.get(f"{SEARCH_THREADS}_threads")
     passed = judged_at is not None and all(cells["passed"] for cells in judged_at["variants"].values())
     payload = {
@@ -188,7 +169,6 @@ def main() -> None:
         "backend": BACKEND,
         "runs": runs,
         "min_seconds": args.min_seconds,
-        "sessions": session_counts,
         "results": results,
         "duration_s": round(time.perf_counter() - started, 1),
         "load_average_1min": {"before": load_start[0], "after": os.getloadavg()[0]},

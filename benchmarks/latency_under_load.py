@@ -39,7 +39,6 @@ from typing import Any
 from benchmarks._common import write_result
 from mvit_nas.config import preset
 from mvit_nas.latency import (
-    SESSIONS,
     Benchmark,
     Calibration,
     DeviceLock,
@@ -114,7 +113,7 @@ def main() -> None:
     cfg = preset(VARIANT)
     spec = dataclasses.replace(spec, height=cfg.resolution, width=cfg.resolution)
     load_before, started = os.getloadavg(), time.perf_counter()
-    bench = Benchmark(build_model(cfg), spec, sessions=SESSIONS)  # exported once: every round times the same sessions
+    bench = Benchmark(build_model(cfg), spec)  # exported once: every round times the same sessions
 
     rows: list[dict[str, Any]] = []
     error = None

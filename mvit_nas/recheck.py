@@ -32,7 +32,6 @@ from mvit_nas import run as run_folder
 from mvit_nas.atomic import write_text
 from mvit_nas.config import ArchConfig
 from mvit_nas.latency import (
-    SESSIONS,
     Benchmark,
     Calibration,
     DeviceLock,
@@ -83,7 +82,7 @@ def measure_together(
     benchmarks = []
     for cfg in configs:
         sized = dataclasses.replace(spec, height=cfg.resolution, width=cfg.resolution)
-        benchmarks.append(Benchmark(build_model(cfg), sized, peak_memory=False, sessions=SESSIONS))
+        benchmarks.append(Benchmark(build_model(cfg), sized, peak_memory=False))
     seconds = SECONDS_PER_POINT_FACTOR * spec.min_seconds * len(configs)
     return interleave(benchmarks, ladder(spec, calibration), calibration, seconds, lock)
 

@@ -467,35 +467,6 @@ def test_a_measurement_times_every_reference_of_the_calibration_in_every_round()
     assert min(calibration.reference_ms.values()) <= stats.reference_ms <= max(calibration.reference_ms.values())
 
 
-def test_a_judged_measurement_gives_every_session_of_every_model_as_many_turns() -> None:
-    spec = resolve_spec(device="cpu", backend="eager", height=32, **FAST)
-    calibration = Calibration(reference_ms={"narrow": 1.0, "wide": 4.0}, spec=spec)
-    references = {"narrow": nn.Conv2d(3, 4, 1), "wide": nn.Conv2d(3, 64, 3, padding=1)}
-    turns: dict[tuple[int, int], int] = {}
-    original = timing.Benchmark._timer
-
-    def counted(self: timing.Benchmark, session: int = 0) -> Any:
-        turns[id(self), session] = turns.get((id(self), session), 0) + 1
-        return original(self, session)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(timing.Benchmark, "_timer", counted)
-        measure_judged(nn.Conv2d(3, 16, 3, padding=1), spec, calibration, references=references, sessions=3)
-    models = {model for model, _ in turns}
-    assert len(models) == 3  # the candidate and both references
-    for model in models:
-        assert [turns.get((model, session), 0) for session in range(3)] == [turns[model, 0]] * 3
-    assert all(count >= 2 for count in turns.values())
-
-
-def test_the_sessions_of_a_benchmark_are_separate_copies_giving_one_answer() -> None:
-    spec = resolve_spec(device="cpu", backend="onnxruntime", height=32, **FAST)
-    bench = timing.Benchmark(nn.Conv2d(3, 4, 3), spec, peak_memory=False, sessions=2)
-    first, second = (bench._sessions[index].run()[0] for index in range(2))
-    assert bench._sessions[0] is not bench._sessions[1] and np.array_equal(first, second)
-    assert bench._inputs[0].data_ptr() != bench._inputs[1].data_ptr()
-
-
 def test_calibration_times_every_reference_model_and_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     timed: list[str] = []
     monkeypatch.setattr(relative, "reference_model", lambda name: timed.append(name) or nn.Conv2d(3, 4, 1))

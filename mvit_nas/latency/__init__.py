@@ -28,7 +28,6 @@ from mvit_nas.latency.lock import DeviceLock, device_key, device_lock
 from mvit_nas.latency.onnx import IMAGE_CHANNELS, INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, export_onnx, ort_session
 from mvit_nas.latency.relative import (
     REFERENCES,
-    SESSIONS,
     Calibration,
     calibrate,
     interleave,
@@ -77,7 +76,6 @@ __all__ = [
     "OUTPUT_NAME",
     "QUIET_TOLERANCE",
     "REFERENCES",
-    "SESSIONS",
     "WINDOW_MIN_RUNS",
     "WINDOW_SECONDS",
     "Benchmark",

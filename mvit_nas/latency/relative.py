@@ -64,8 +64,7 @@ from mvit_nas.validate import check_keys
 REFERENCES = ("xxs@128", "xs@160", "s@224")  # the ladder, "preset@input size", fastest first
 SEGMENT_SECONDS = 0.2  # one turn of a model, at most: short enough that all see the same seconds of the host
 SETTLE_FRACTION = 0.25  # the start of a turn left out: the model is still slowed by the one before it
-SESSIONS = 3  # sessions of each model a judged measurement rotates through, one per round (see Benchmark)
-MIN_ROUNDS = 2 * SESSIONS  # rounds of (candidate turns, reference turns), at least, however short the measurement
+MIN_ROUNDS = 5  # rounds of (candidate turns, reference turns), at least, however short the measurement
 CALIBRATION_BURSTS = 3  # a calibration times the references this many times, a pause apart; the fastest counts
 CALIBRATION_PAUSE_S = 1.0
 CONFIDENCE = 0.95
@@ -154,21 +153,20 @@ def quietest(calibrations: Sequence[Calibration], spec: LatencySpec, hardware: s
     return min(same, key=lambda c: c.quickest_ms, default=None)
 
 
-_LADDERS: dict[tuple[str, LatencySpec, int], Benchmark] = {}
+_LADDERS: dict[tuple[str, LatencySpec], Benchmark] = {}
 
 
-def ladder(spec: LatencySpec, calibration: Calibration, sessions: int = SESSIONS) -> dict[str, Benchmark]:
+def ladder(spec: LatencySpec, calibration: Calibration) -> dict[str, Benchmark]:
     """The calibration's references made ready to time under ``spec``, by name; kept for the process's life.
 
     A worker judges every trial against the same references: exporting them once, not
-    per trial, keeps the device-exclusive part of a trial short. Each has ``sessions``
-    sessions, so that no one session's luck in memory sets every ratio of the process.
+    per trial, keeps the device-exclusive part of a trial short.
     """
     out = {}
     for name in calibration.reference_ms:
-        key = (name, reference_spec(spec, name), sessions)
+        key = (name, reference_spec(spec, name))
         if key not in _LADDERS:
-            _LADDERS[key] = Benchmark(reference_model(name), key[1], peak_memory=False, sessions=sessions)
+            _LADDERS[key] = Benchmark(reference_model(name), key[1], peak_memory=False)
         out[name] = _LADDERS[key]
     return out
 
@@ -247,9 +245,7 @@ def interleave(
     lock: DeviceLock | None = None,
 ) -> list[LatencyStats]:
     """Time every candidate against the references in rounds, each round a turn of every candidate then of every
-    reference; at least :data:`MIN_ROUNDS` rounds and ``seconds`` in all, and a whole number of
-    :data:`SESSIONS` rounds, so that each session of a model (see :class:`Benchmark`) gets as many
-    turns as the others. One judged record per candidate.
+    reference; at least :data:`MIN_ROUNDS` rounds and ``seconds`` in all. One judged record per candidate.
 
     ``references`` are the calibration's, by name. A turn lasts ``seconds / (MIN_ROUNDS x turns
     per round)``, at most :data:`SEGMENT_SECONDS`, its first :data:`SETTLE_FRACTION` left out.
@@ -266,7 +262,7 @@ def interleave(
             benchmark.warm_up()
         started = time.perf_counter()
         rounds = 0
-        while rounds < MIN_ROUNDS or time.perf_counter() - started < seconds or rounds % SESSIONS:
+        while rounds < MIN_ROUNDS or time.perf_counter() - started < seconds:
             for index, benchmark in enumerate(candidates):
                 runs[index].append(benchmark.segment(turn, settle))
             # Each reference is timed once per round and paired with every candidate's turn of that round.
@@ -291,19 +287,15 @@ def measure_judged(
     *,
     seconds: float | None = None,
     references: Mapping[str, nn.Module] | None = None,
-    sessions: int = SESSIONS,
 ) -> LatencyStats:
     """The latency of ``model`` under ``spec``, judged against the references: raw statistics, ratio, interval.
 
     ``seconds`` defaults to ``spec.min_seconds``; ``references`` to the calibration's
     (:func:`ladder`); other modules, timed at ``spec``'s input size, only in examples and tests.
-    The candidate and each reference are timed in ``sessions`` sessions, in turn.
     """
-    candidate = Benchmark(model, spec, sessions=sessions)
+    candidate = Benchmark(model, spec)
     if references is None:
-        timed = ladder(spec, calibration, sessions)
+        timed = ladder(spec, calibration)
     else:
-        timed = {
-            name: Benchmark(module, spec, peak_memory=False, sessions=sessions) for name, module in references.items()
-        }
+        timed = {name: Benchmark(module, spec, peak_memory=False) for name, module in references.items()}
     return interleave([candidate], timed, calibration, spec.min_seconds if seconds is None else seconds, lock)[0]

@@ -155,13 +155,6 @@ class Benchmark:
     times, and may be called repeatedly, e.g. to interleave two models round by
     round. The caller's model is not modified.
 
-    ``sessions`` asks for that many independent preparations (each with its own copy
-    of the model and input), which successive :meth:`segment` calls time in turn;
-    :meth:`run` times the first. How fast a session runs depends on where its
-    buffers happen to lie in memory, for as long as it lives: three ONNX Runtime
-    sessions of one model in one process ran up to 3.4% apart (12 s each,
-    interleaved, 2-core EPYC), which no length of timing averages away.
-
     Example::
 
         ours, theirs = Benchmark(model_a, spec), Benchmark(model_b, spec)
@@ -176,7 +169,6 @@ class Benchmark:
         sample_shape: tuple[int, int, int] | None = None,
         *,
         peak_memory: bool = True,
-        sessions: int = 1,
     ) -> None:
         check_available(spec)
         shape = (IMAGE_CHANNELS, spec.height, spec.width) if sample_shape is None else tuple(sample_shape)
@@ -184,30 +176,26 @@ class Benchmark:
             raise InputError("sample_shape", f"must be (channels, height, width), got {shown(shape)}")
         for size in shape:
             check_int("sample_shape", size, 1)
-        check_int("sessions", sessions, 1)
         self.spec = spec
         dtype = DTYPES[spec.dtype]
+        self._model = copy.deepcopy(model).to(device=spec.device, dtype=dtype).eval()
         # A private generator: measuring must not move the caller's random stream (seeded training).
         generator = torch.Generator().manual_seed(0)
-        image = torch.randn((spec.batch_size, *shape), generator=generator)
-        # Each session its own copy of the model and input: what differs between them is where they lie in memory.
-        self._models = [copy.deepcopy(model).to(device=spec.device, dtype=dtype).eval() for _ in range(sessions)]
-        self._inputs = [image.to(device=spec.device, dtype=dtype, copy=True) for _ in range(sessions)]
+        self._input = torch.randn((spec.batch_size, *shape), generator=generator).to(device=spec.device, dtype=dtype)
         with _pinned(spec.threads), _torch_threads(spec.threads):  # pool threads start on the pinned cores
-            self._sessions = [prepare(m, x, spec) for m, x in zip(self._models, self._inputs, strict=True)]
+            self._prepared = prepare(self._model, self._input, spec)
             self.peak_memory_mb = self._peak_memory_mb() if peak_memory else None
-        self._turns = 0  # segments timed so far: the next one times session turns % sessions
 
     def _peak_memory_mb(self) -> float | None:
-        forward = self._sessions[0].forward
+        forward = self._prepared.forward
         if forward is None:
             return None
         with torch.inference_mode():
             transient = _transient_peak_bytes(forward, self.spec.device)
-        return (transient + _resident_bytes(self._models[0], self._inputs[0])) / _MIB
+        return (transient + _resident_bytes(self._model, self._input)) / _MIB
 
-    def _timer(self, session: int = 0) -> Callable[[], float]:
-        run = self._sessions[session].run
+    def _timer(self) -> Callable[[], float]:
+        run = self._prepared.run
         if self.spec.device == "cuda" and self.spec.backend != "onnxruntime":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
@@ -250,10 +238,9 @@ class Benchmark:
         return samples, window_starts
 
     def warm_up(self) -> None:
-        """The spec's warm-up runs, of every session (call inside :func:`timing_context`)."""
-        for prepared in self._sessions:
-            for _ in range(self.spec.warmup):
-                prepared.run()
+        """The spec's warm-up runs (call inside :func:`timing_context`)."""
+        for _ in range(self.spec.warmup):
+            self._prepared.run()
         if self.spec.device == "cuda":
             torch.cuda.synchronize()
 
@@ -263,11 +250,9 @@ class Benchmark:
         One turn of an interleaved measurement. Right after another model ran, a model
         runs slower for tens of milliseconds (a small model after a large one: up to 25%
         for a whole block of 5 runs here), so each turn lasts long enough to leave that
-        out. At least the last run is kept, however slow the model. With several
-        sessions, successive segments time them in turn.
+        out. At least the last run is kept, however slow the model.
         """
-        timed = self._timer(self._turns % len(self._sessions))
-        self._turns += 1
+        timed = self._timer()
         runs: list[float] = []
         started = time.perf_counter()
         while True:
